@@ -1,0 +1,89 @@
+"""The one place that knows the HF Trainer's events: it drives a `Pruner` from inside `Trainer.train()`.
+
+Usable in any user's own Trainer:
+
+    pruner = Pruner(model, PruningConfig(sparsity=0.9, method="magnitude"))
+    trainer = Trainer(model=model, args=args, ..., callbacks=[PruningCallback(pruner)])
+    trainer.train()
+    pruner.bake(); trainer.save_model(out); pruner.save(Path(out), with_method_state=False)
+
+Checkpoints written by the Trainer get the pruner's masks and method state beside them, and
+`trainer.train(resume_from_checkpoint=...)` restores them before the first resumed step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from prunebert.masks import MASKS_FILE
+from prunebert.pruner import Pruner
+
+__all__ = ["PruningCallback"]
+
+
+class PruningCallback(TrainerCallback):
+    """Prunes on the Trainer's schedule and keeps pruned weights at exactly zero."""
+
+    def __init__(self, pruner: Pruner) -> None:
+        self.pruner = pruner
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        """Restore a resumed checkpoint's masks, build the schedule, prune what step 0 asks for."""
+        checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if state.global_step > 0 and (checkpoint / MASKS_FILE).is_file():
+            self.pruner.load(checkpoint)
+        self.pruner.start(state.max_steps)
+        self.pruner.update(state.global_step, kwargs.get("optimizer"))
+        self.pruner.enforce()
+
+    def on_pre_optimizer_step(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        """Gradients of this step are complete: let the method read them."""
+        self.pruner.after_backward()
+
+    def on_optimizer_step(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        """Post-step method work (e.g. proximal operator) with this step's learning rate; re-zero."""
+        scheduler = kwargs.get("lr_scheduler")
+        lr = float(scheduler.get_last_lr()[0]) if scheduler is not None else args.learning_rate
+        self.pruner.after_optimizer_step(kwargs.get("optimizer"), lr)
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        """Update masks if the schedule moved at this step."""
+        self.pruner.update(state.global_step, kwargs.get("optimizer"))
+
+    def on_save(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        """Store masks and method state inside the checkpoint the Trainer just wrote."""
+        checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if checkpoint.is_dir() and args.process_index == 0:
+            self.pruner.save(checkpoint)
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Report the current sparsity next to the loss."""
+        if logs is not None and "loss" in logs:
+            logs["sparsity"] = round(self.pruner.overall_sparsity(), 4)
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        """Leave the model with exact zeros in every pruned weight."""
+        self.pruner.enforce()

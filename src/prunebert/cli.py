@@ -1,0 +1,103 @@
+"""The `prunebert` command: pretrain | finetune | evaluate | info | methods | demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from prunebert.errors import PrunebertError
+
+__all__ = ["main"]
+
+
+def _stage_parser(sub: Any, name: str, cls: type[BaseModel], help_text: str, overwrite: bool = True) -> None:
+    from prunebert.recipes import add_config_options
+
+    parser = sub.add_parser(name, help=help_text, description=help_text)
+    parser.add_argument("--recipe", help="YAML recipe; options given here override its values")
+    if overwrite:
+        parser.add_argument("--overwrite", action="store_true", help="replace a finished run in output_dir")
+    add_config_options(parser, cls)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from prunebert.stages.evaluate import EvaluateConfig
+    from prunebert.stages.finetune import FinetuneConfig
+    from prunebert.stages.pretrain import PretrainConfig
+
+    parser = argparse.ArgumentParser(prog="prunebert", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _stage_parser(sub, "pretrain", PretrainConfig, "continued MLM pre-training, optionally pruning")
+    _stage_parser(sub, "finetune", FinetuneConfig, "task fine-tuning with a fixed mask or pruning")
+    _stage_parser(sub, "evaluate", EvaluateConfig, "score a fine-tuned model on a task", overwrite=False)
+    info = sub.add_parser("info", help="sparsity of a saved model, overall and per module")
+    info.add_argument("path", help="model directory or prunebert run directory")
+    info.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    sub.add_parser("methods", help="list the registered pruning methods")
+    demo = sub.add_parser("demo", help="the embedded-default demo: 40%% MLM-stage pruning vs dense")
+    demo.add_argument("--output_dir", default="runs/demo", help="where the demo's runs go")
+    demo.add_argument("--quick", action="store_true", help="a few steps only (smoke test)")
+    return parser
+
+
+def _run_stage(args: argparse.Namespace) -> dict[str, Any]:
+    from prunebert.recipes import config_from_args
+    from prunebert.stages.evaluate import EvaluateConfig, run_evaluate
+    from prunebert.stages.finetune import FinetuneConfig, run_finetune
+    from prunebert.stages.pretrain import PretrainConfig, run_pretrain
+
+    if args.command == "evaluate":
+        return run_evaluate(config_from_args(EvaluateConfig, args))
+    table: dict[str, tuple[type[Any], Callable[..., dict[str, Any]]]] = {
+        "pretrain": (PretrainConfig, run_pretrain),
+        "finetune": (FinetuneConfig, run_finetune),
+    }
+    cls, runner = table[args.command]
+    return runner(config_from_args(cls, args), overwrite=args.overwrite)
+
+
+def _dispatch(args: argparse.Namespace) -> None:
+    if args.command == "info":
+        from prunebert.info import checkpoint_info, format_info
+
+        info = checkpoint_info(Path(args.path))
+        print(json.dumps(info, indent=2) if args.json else format_info(info))
+    elif args.command == "methods":
+        from prunebert.methods import available_methods
+
+        print("\n".join(available_methods()))
+    elif args.command == "demo":
+        from prunebert.demo import format_table, run_demo
+
+        summary = run_demo(Path(args.output_dir), quick=args.quick)
+        print(format_table(summary["rows"]))
+        print(f"\nresults: {args.output_dir}/comparison.json")
+    else:
+        results = _run_stage(args)
+        print(json.dumps({"stage": results["stage"], "metrics": results["metrics"]}, indent=2))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; user errors print one line on stderr and exit with status 2."""
+    args = _build_parser().parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        _dispatch(args)
+    except PrunebertError as exc:
+        print(f"prunebert: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("prunebert: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""What to prune, how and when: the validated pruning section of every recipe."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from prunebert.targets import ENCODER_ROLES
+
+__all__ = ["PruningConfig", "StrictModel"]
+
+
+class StrictModel(BaseModel):
+    """A recipe section: unknown keys and wrong types are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PruningConfig(StrictModel):
+    """How a pruner chooses, when it prunes and which weights it may touch."""
+
+    method: str = Field("magnitude", description="registered method name (see `prunebert info --methods`)")
+    sparsity: float = Field(0.4, ge=0.0, lt=1.0, description="final fraction of target weights set to zero")
+    scope: Literal["layer", "global"] = Field(
+        "layer", description="layer: every matrix to the same sparsity; global: one ranking over all targets"
+    )
+    schedule: Literal["oneshot", "cubic", "iterative", "fixed"] = Field(
+        "cubic", description="how sparsity grows over training (fixed: keep masks given by a checkpoint)"
+    )
+    start_fraction: float = Field(0.0, ge=0.0, le=1.0, description="pruning starts at this fraction of steps")
+    end_fraction: float = Field(0.75, ge=0.0, le=1.0, description="target sparsity reached at this fraction")
+    frequency: int = Field(10, ge=1, description="cubic schedule: steps between mask updates")
+    iterations: int = Field(4, ge=1, description="iterative schedule: number of pruning rounds")
+    initial_sparsity: float = Field(0.0, ge=0.0, lt=1.0, description="cubic schedule: sparsity at the start")
+    roles: list[str] = Field(
+        default_factory=lambda: list(ENCODER_ROLES), description="encoder matrices to prune, by role"
+    )
+    targets: list[str] = Field(
+        default_factory=list, description="module-name regexes; when given they replace `roles`"
+    )
+    include_embeddings: bool = Field(False, description="also prune the word-embedding matrix")
+    options: dict[str, Any] = Field(default_factory=dict, description="method-specific options")
+    seed: int = Field(0, description="seed for methods with randomness (random pruning)")
+
+    @model_validator(mode="after")
+    def _window(self) -> PruningConfig:
+        if self.end_fraction < self.start_fraction:
+            raise ValueError(
+                f"end_fraction {self.end_fraction} is before start_fraction {self.start_fraction}; swap them"
+            )
+        return self

@@ -1,0 +1,7 @@
+"""Pruning methods, one small module each, found by name through the registry."""
+
+from prunebert.methods import magnitude, random_baseline  # noqa: F401  (registers the methods)
+from prunebert.methods.base import MethodOptions, PruningMethod
+from prunebert.methods.registry import available_methods, create_method, register_method
+
+__all__ = ["MethodOptions", "PruningMethod", "available_methods", "create_method", "register_method"]

@@ -1,0 +1,66 @@
+"""The interface every pruning method implements; the pruner and the callback know nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+import torch
+
+from prunebert.errors import PrunebertError
+
+__all__ = ["MethodOptions", "PruningMethod", "parse_options"]
+
+
+@dataclass(frozen=True)
+class MethodOptions:
+    """Method-specific options; subclasses add fields and validate them in `__post_init__`."""
+
+
+def parse_options(cls: type[MethodOptions], method: str, options: Mapping[str, Any]) -> MethodOptions:
+    """Build `cls` from a recipe's `options` mapping; unknown keys are a one-line error."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise PrunebertError(
+            f"unknown option(s) {unknown} for method {method!r}; known options: {sorted(known) or 'none'}"
+        )
+    try:
+        return cls(**options)
+    except (TypeError, ValueError) as exc:
+        raise PrunebertError(f"bad option for method {method!r}: {exc}") from None
+
+
+class PruningMethod:
+    """Scores weights by importance (higher = keep) and may keep training-time state.
+
+    Hooks run at the Trainer's events; the defaults do nothing, so a pure scoring method such as
+    magnitude only implements `scores`.
+    """
+
+    name: ClassVar[str] = ""
+    options_cls: ClassVar[type[MethodOptions]] = MethodOptions
+    #: pruned weights never come back (their score is forced to -inf before ranking)
+    monotone: ClassVar[bool] = True
+
+    def __init__(self, options: MethodOptions, seed: int = 0) -> None:
+        self.options = options
+        self.seed = seed
+
+    def scores(self, weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Importance of every weight of every target, same shapes as `weights`."""
+        raise NotImplementedError
+
+    def after_backward(self, weights: Mapping[str, torch.Tensor]) -> None:
+        """Called once per optimizer step after gradients are complete (before clipping is undone)."""
+
+    def after_optimizer_step(self, weights: Mapping[str, torch.Tensor], lr: float) -> None:
+        """Called after each optimizer step, before masks are re-applied."""
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Training-time tensors (e.g. movement scores) to save with a checkpoint."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Restore what `state_dict` returned."""

@@ -1,0 +1,166 @@
+"""Load encoders by built-in name, hub name or local path, and save pruned ones so plain transformers loads them.
+
+A prunebert model directory is an ordinary `save_pretrained` directory (safetensors weights with the
+zeros baked in, config, tokenizer) plus `prunebert_masks.safetensors`, which carries the masks so a
+later stage (fine-tuning after pre-training) keeps exactly the same pattern.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import transformers
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from prunebert import assets
+from prunebert.config import PruningConfig
+from prunebert.errors import PrunebertError
+from prunebert.masks import MASKS_FILE, load_masks
+from prunebert.pruner import Pruner
+from prunebert.targets import ARCHITECTURES
+
+__all__ = [
+    "LoadedModel",
+    "load_model",
+    "resolve_model_path",
+    "save_pruned",
+    "transfer_pruner",
+]
+
+Head = Literal["mlm", "classification", "base"]
+
+
+@dataclass
+class LoadedModel:
+    """A model, its tokenizer, where it came from, and whether its task head was newly initialised."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    path: str
+    new_head: bool
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Hide transformers' load report; prunebert says what matters (a new head) itself."""
+    previous = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(previous)
+
+
+def resolve_model_path(spec: str) -> str:
+    """Built-in name -> cached directory; prunebert run dir -> its `model/`; anything else unchanged."""
+    if spec in assets.BUILTIN_MODELS:
+        return str(assets.model_dir(spec))
+    path = Path(spec)
+    if (path / "model" / "config.json").is_file():
+        return str(path / "model")
+    if path.exists() and not (path / "config.json").is_file():
+        raise PrunebertError(f"{spec} has no config.json; pass a directory written by save_pretrained or prunebert")
+    return spec
+
+
+def load_config(spec: str) -> PretrainedConfig:
+    """The model's config, checked to be a supported encoder before any weights are read."""
+    path = resolve_model_path(spec)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise PrunebertError(
+            f"could not load model {spec!r} ({str(exc).splitlines()[0][:120]}); pass a local model "
+            f"directory, a reachable hub name, or a built-in name ({', '.join(sorted(assets.BUILTIN_MODELS))})"
+        ) from None
+    if config.model_type not in ARCHITECTURES:
+        raise PrunebertError(
+            f"model {spec!r} is a {config.model_type!r} model, not a supported encoder; use one of the "
+            f"BERT family ({', '.join(sorted(ARCHITECTURES))})"
+        )
+    return config
+
+
+def load_model(spec: str, head: Head, num_labels: int | None = None) -> LoadedModel:
+    """Load `spec` with the given head; `num_labels=1` makes a regression head."""
+    config = load_config(spec)
+    path = resolve_model_path(spec)
+    kwargs: dict[str, object] = {}
+    if head == "classification":
+        existing = config.num_labels if "classification" in _architectures(config) else None
+        if existing is not None and num_labels is not None and existing != num_labels:
+            raise PrunebertError(
+                f"model {spec!r} has a {existing}-label classifier but the task has {num_labels} labels; "
+                "start from the encoder before fine-tuning, or evaluate on a task with the same labels"
+            )
+        kwargs = {"num_labels": num_labels or config.num_labels}
+        if num_labels == 1:
+            kwargs["problem_type"] = "regression"
+    auto = {"mlm": AutoModelForMaskedLM, "classification": AutoModelForSequenceClassification, "base": AutoModel}
+    with _quiet_transformers():
+        model, info = auto[head].from_pretrained(path, output_loading_info=True, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    prefix = model.base_model_prefix
+    new_head = any(not k.startswith(prefix + ".") and k.split(".")[0] != prefix for k in info["missing_keys"])
+    return LoadedModel(model, tokenizer, path, new_head)
+
+
+def _architectures(config: PretrainedConfig) -> str:
+    return " ".join(config.architectures or []).lower().replace("sequenceclassification", "classification")
+
+
+def transfer_pruner(model: PreTrainedModel, path: str, pruning: PruningConfig | None) -> Pruner | None:
+    """The pruner a stage starts with: the checkpoint's masks kept fixed, extended by `pruning` if given."""
+    mask_file = Path(path) / MASKS_FILE
+    if not mask_file.is_file():
+        return Pruner(model, pruning) if pruning is not None else None
+    masks, _ = load_masks(mask_file)
+    masks = _align_prefix(masks, model)
+    if pruning is None:
+        names = [re.escape(key.removesuffix(".weight")) + "$" for key in masks]
+        pruning = PruningConfig(schedule="fixed", targets=names, sparsity=0.0)
+    pruner = Pruner(model, pruning)
+    pruner.load_masks({k: v for k, v in masks.items() if k in pruner.masks}, source=str(mask_file))
+    pruner.sparsity = pruner.overall_sparsity()
+    pruner.enforce()
+    return pruner
+
+
+def _align_prefix(masks: dict, model: PreTrainedModel) -> dict:
+    """Mask keys saved from a headless model (`encoder...`) match a headed one (`bert.encoder...`)."""
+    prefix = model.base_model_prefix + "."
+    names = {n for n, _ in model.named_parameters()}
+    aligned = {}
+    for key, mask in masks.items():
+        if key not in names and prefix + key in names:
+            key = prefix + key
+        elif key not in names and key.removeprefix(prefix) in names:
+            key = key.removeprefix(prefix)
+        aligned[key] = mask
+    return aligned
+
+
+def save_pruned(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pruner: Pruner | None, directory: Path
+) -> None:
+    """Bake the masks and save a plain transformers model (+ tokenizer, + masks for later stages)."""
+    if pruner is not None:
+        pruner.bake()
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    if pruner is not None:
+        pruner.save(directory, with_method_state=False)

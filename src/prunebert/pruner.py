@@ -1,0 +1,204 @@
+"""The Pruner: optimizer-shaped owner of targets, method, schedule and masks.
+
+Use it like an optimizer (`PruningCallback` does this for the HF Trainer):
+
+    pruner = Pruner(model, PruningConfig(method="magnitude", sparsity=0.4))
+    pruner.start(total_steps)                      # builds the schedule, masks gradients
+    for step in range(total_steps):
+        loss.backward(); pruner.after_backward()
+        optimizer.step(); pruner.after_optimizer_step(optimizer, lr)
+        pruner.update(step + 1, optimizer)         # new masks when the schedule says so
+    pruner.bake()                                  # zeros stay in the weights; hooks removed
+
+Invariant: after `after_optimizer_step` and `update`, every pruned weight is exactly 0.0, and its
+gradient and optimizer moments are 0 too, so AdamW (weight decay, momentum), gradient accumulation,
+clipping and mixed precision cannot move it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from prunebert.config import PruningConfig
+from prunebert.errors import PrunebertError
+from prunebert.io import atomic_path
+from prunebert.masks import MASKS_FILE, global_masks, layerwise_masks, load_masks, save_masks
+from prunebert.methods import create_method
+from prunebert.schedules import Fixed, Schedule, build_schedule
+from prunebert.targets import Target, find_targets
+
+__all__ = ["METHOD_STATE_FILE", "Pruner"]
+
+METHOD_STATE_FILE = "prunebert_method_state.safetensors"
+
+
+class Pruner:
+    """Chooses, applies and enforces masks on a model's target weights."""
+
+    def __init__(self, model: nn.Module, config: PruningConfig) -> None:
+        self.model = model
+        self.config = config
+        self.targets: list[Target] = find_targets(
+            model, config.roles, config.targets, config.include_embeddings
+        )
+        self.method = create_method(config.method, config.options, config.seed)
+        self.masks = {t.param_name: torch.ones_like(w, dtype=torch.bool) for t, w in self._pairs()}
+        self.schedule: Schedule = Fixed(0.0)
+        self.sparsity = 0.0  # the schedule's value at the last update
+        self.history: list[tuple[int, float]] = []
+        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+
+    # -- the weights -------------------------------------------------------------------------------
+    def _pairs(self) -> list[tuple[Target, nn.Parameter]]:
+        return [(t, self.model.get_submodule(t.name).weight) for t in self.targets]
+
+    def weights(self) -> dict[str, nn.Parameter]:
+        """Target weights by state-dict key, looked up afresh (robust to `model.to(...)`)."""
+        return {t.param_name: w for t, w in self._pairs()}
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def start(self, total_steps: int) -> None:
+        """Build the schedule for a run of `total_steps` optimizer steps and start masking gradients."""
+        c = self.config
+        if c.schedule == "fixed":
+            self.schedule = Fixed(self.sparsity)
+        else:
+            self.schedule = build_schedule(
+                c.schedule, c.sparsity, total_steps, c.start_fraction, c.end_fraction,
+                c.frequency, c.iterations, c.initial_sparsity,
+            )  # fmt: skip
+        self.attach()
+
+    def attach(self) -> None:
+        """Mask every gradient as it is computed, so clipping and optimizer moments never see pruned entries."""
+        self.detach()
+        for name, weight in self.weights().items():
+            self.masks[name] = self.masks[name].to(weight.device)
+            self._hooks.append(weight.register_hook(lambda g, n=name: g * self.masks[n]))
+
+    def detach(self) -> None:
+        """Remove the gradient hooks."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+
+    def bake(self) -> nn.Module:
+        """Write the zeros into the weights for good and remove every hook; returns the plain model."""
+        self.enforce()
+        self.detach()
+        return self.model
+
+    # -- per-step work -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def enforce(self) -> None:
+        """Set every pruned weight to exactly zero."""
+        for name, weight in self.weights().items():
+            weight.mul_(self.masks[name])
+
+    def after_backward(self) -> None:
+        """Let the method read gradients (e.g. movement scores) once per optimizer step."""
+        self.method.after_backward(self.weights())
+
+    def after_optimizer_step(self, optimizer: torch.optim.Optimizer | None = None, lr: float = 0.0) -> None:
+        """Run the method's post-step work (e.g. a proximal step), then re-apply the masks."""
+        self.method.after_optimizer_step(self.weights(), lr)
+        self.enforce()
+
+    @torch.no_grad()
+    def update(self, step: int, optimizer: torch.optim.Optimizer | None = None) -> bool:
+        """Recompute masks if the schedule's sparsity changed at `step`; True when masks changed."""
+        target = self.schedule.sparsity_at(step)
+        if isinstance(self.schedule, Fixed) or target == self.sparsity:
+            return False
+        self._set_masks(self._choose(target))
+        self.sparsity = target
+        self.history.append((step, target))
+        self._clear_optimizer_state(optimizer)
+        self.enforce()
+        return True
+
+    def _choose(self, sparsity: float) -> dict[str, torch.Tensor]:
+        weights = {n: w.detach() for n, w in self.weights().items()}
+        scores = self.method.scores(weights)
+        if self.method.monotone:
+            scores = {n: s.masked_fill(~self.masks[n], float("-inf")) for n, s in scores.items()}
+        chooser = global_masks if self.config.scope == "global" else layerwise_masks
+        masks = chooser(scores, sparsity)
+        if self.method.monotone:  # never regrow, even when a transferred mask is sparser than the target
+            masks = {n: m & self.masks[n] for n, m in masks.items()}
+        return masks
+
+    def _set_masks(self, masks: Mapping[str, torch.Tensor]) -> None:
+        for name, mask in masks.items():
+            self.masks[name].copy_(mask)
+
+    def _clear_optimizer_state(self, optimizer: torch.optim.Optimizer | None) -> None:
+        """Zero momentum / second moments of pruned entries so a stale update cannot move them."""
+        inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the optimizer
+        if inner is None:
+            return
+        for name, weight in self.weights().items():
+            for value in inner.state.get(weight, {}).values():
+                if isinstance(value, torch.Tensor) and value.shape == weight.shape:
+                    value.mul_(self.masks[name])
+
+    # -- reporting ---------------------------------------------------------------------------------
+    def module_sparsity(self) -> dict[str, float]:
+        """Fraction of pruned entries per target weight."""
+        return {n: 1.0 - m.float().mean().item() for n, m in self.masks.items()}
+
+    def overall_sparsity(self) -> float:
+        """Fraction of pruned entries over all target weights."""
+        total = sum(m.numel() for m in self.masks.values())
+        kept = sum(int(m.sum().item()) for m in self.masks.values())
+        return 1.0 - kept / max(1, total)
+
+    def metadata(self) -> dict[str, Any]:
+        """What a mask file records besides the masks."""
+        return {
+            "config": self.config.model_dump(),
+            "sparsity": self.overall_sparsity(),
+            "schedule_sparsity": self.sparsity,
+            "roles": {t.param_name: t.role for t in self.targets},
+        }
+
+    # -- persistence -------------------------------------------------------------------------------
+    def save(self, directory: Path, with_method_state: bool = True) -> None:
+        """Write masks (and, for checkpoints, the method's training state) into `directory`."""
+        save_masks(self.masks, directory / MASKS_FILE, self.metadata())
+        state = self.method.state_dict()
+        if with_method_state and state:
+            with atomic_path(directory / METHOD_STATE_FILE) as tmp:
+                save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp))
+
+    def load(self, directory: Path) -> None:
+        """Restore masks (and method state if present) saved by `save`; shapes must match this model."""
+        masks, meta = load_masks(directory / MASKS_FILE)
+        self.load_masks(masks, source=str(directory))
+        self.sparsity = float(meta.get("schedule_sparsity", self.overall_sparsity()))  # type: ignore[arg-type]
+        state_path = directory / METHOD_STATE_FILE
+        if state_path.is_file():
+            self.method.load_state_dict(load_file(str(state_path)))
+        self.enforce()
+
+    def load_masks(self, masks: Mapping[str, torch.Tensor], source: str = "masks") -> None:
+        """Adopt masks for this model's targets; a mask for another model is a one-line error."""
+        missing = sorted(set(self.masks) - set(masks))
+        if missing:
+            raise PrunebertError(
+                f"{source} has no mask for {missing[0]} (and {len(missing) - 1} more); "
+                "use masks saved from the same architecture, or the same pruning targets"
+            )
+        for name, current in self.masks.items():
+            if masks[name].shape != current.shape:
+                raise PrunebertError(
+                    f"mask for {name} in {source} has shape {tuple(masks[name].shape)} but the model's "
+                    f"weight is {tuple(current.shape)}; the masks come from another model"
+                )
+            self.masks[name] = masks[name].to(current.device, torch.bool).clone()

@@ -1,0 +1,131 @@
+"""Recipes: strict YAML files and command-line options, both validated by the same pydantic models.
+
+Every field of a stage's config is also an option: `--model`, `--train.learning_rate 3e-5`,
+`--pruning.sparsity 0.9`. Options override the recipe file; unknown keys or wrong types are errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from prunebert.errors import PrunebertError
+
+__all__ = ["add_config_options", "config_from_args", "dump_recipe", "load_recipe", "validate_recipe"]
+
+C = TypeVar("C", bound=BaseModel)
+_PREFIX = "cfg:"
+
+
+def _submodel(annotation: Any) -> type[BaseModel] | None:
+    """The BaseModel inside `X`, `X | None` or `Optional[X]`, if any."""
+    candidates = typing.get_args(annotation) if _is_union(annotation) else (annotation,)
+    models = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+    return models[0] if models else None
+
+
+def _is_union(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType)
+
+
+def _is_text(annotation: Any) -> bool:
+    """Fields whose option value is taken verbatim (no YAML parsing: '123' stays a string)."""
+    candidates = typing.get_args(annotation) if _is_union(annotation) else (annotation,)
+    return any(c in (str, Path) for c in candidates)
+
+
+def add_config_options(parser: argparse.ArgumentParser, cls: type[BaseModel], prefix: str = "") -> None:
+    """Add one `--dotted.name` option per (nested) field of `cls`."""
+    for name, field in cls.model_fields.items():
+        sub = _submodel(field.annotation)
+        if sub is not None:
+            add_config_options(parser, sub, f"{prefix}{name}.")
+            continue
+        parser.add_argument(
+            f"--{prefix}{name}",
+            dest=f"{_PREFIX}{prefix}{name}",
+            default=argparse.SUPPRESS,
+            metavar="VALUE",
+            help=f"{field.description or ''} (default: {field.get_default(call_default_factory=True)!r})",
+        )
+
+
+def load_recipe(path: Path) -> dict[str, Any]:
+    """Read a YAML recipe into a dict; a missing or malformed file is a one-line error."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise PrunebertError(f"cannot read recipe {path} ({exc.strerror}); check the path") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise PrunebertError(f"recipe {path} is not valid YAML{line}; fix the syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise PrunebertError(f"recipe {path} must be a mapping of keys to values, not {type(data).__name__}")
+    return data
+
+
+def _field_annotation(cls: type[BaseModel], dotted: str) -> Any:
+    annotation: Any = cls
+    for part in dotted.split("."):
+        model = _submodel(annotation)
+        if model is None or part not in model.model_fields:
+            return None
+        annotation = model.model_fields[part].annotation
+    return annotation
+
+
+def config_from_args(cls: type[C], args: argparse.Namespace) -> C:
+    """Recipe file (if `args.recipe`) overridden by explicit options, validated as `cls`."""
+    recipe = load_recipe(Path(args.recipe)) if getattr(args, "recipe", None) else {}
+    for key, raw in vars(args).items():
+        if not key.startswith(_PREFIX):
+            continue
+        dotted = key[len(_PREFIX) :]
+        value = raw if _is_text(_field_annotation(cls, dotted)) else yaml.safe_load(raw)
+        node = recipe
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[leaf] = value
+    return validate_recipe(cls, recipe)
+
+
+def validate_recipe(cls: type[C], recipe: dict[str, Any]) -> C:
+    """Validate a recipe dict; the first problem becomes a one-line error naming key and fix."""
+    try:
+        return cls.model_validate(recipe)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"]) or "(recipe)"
+        if first["type"] == "extra_forbidden":
+            known = ", ".join(_known_keys(cls, first["loc"][:-1]))
+            raise PrunebertError(f"unknown recipe key {key!r}; known keys here: {known}") from None
+        raise PrunebertError(
+            f"bad value for {key!r}: {first['msg']} (got {first.get('input')!r}); "
+            f"fix it in the recipe or pass --{key} VALUE"
+        ) from None
+
+
+def _known_keys(cls: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    model: type[BaseModel] | None = cls
+    for part in loc:
+        if model is None or not isinstance(part, str) or part not in model.model_fields:
+            return []
+        model = _submodel(model.model_fields[part].annotation)
+    return sorted(model.model_fields) if model is not None else []
+
+
+def dump_recipe(config: BaseModel) -> str:
+    """The config as a YAML recipe that `load_recipe` + `validate_recipe` read back identically."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

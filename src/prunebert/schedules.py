@@ -1,0 +1,121 @@
+"""Sparsity schedules: pure functions of the optimizer step, like learning-rate schedules.
+
+Each schedule answers one question, `sparsity_at(step)`: the fraction of target weights that should be
+zero once the pruner has run at `step`. Methods decide *which* weights; schedules decide *how many*.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+from prunebert.errors import PrunebertError
+
+__all__ = ["SCHEDULES", "Cubic", "Fixed", "Iterative", "OneShot", "Schedule", "build_schedule"]
+
+
+class Schedule(Protocol):
+    """The fraction of weights pruned after the pruner has run at `step` (0-based optimizer steps)."""
+
+    def sparsity_at(self, step: int) -> float: ...
+
+
+@dataclass(frozen=True)
+class Fixed:
+    """Never changes the masks: used when a mask found elsewhere is transferred (fine-tuning)."""
+
+    sparsity: float = 0.0
+
+    def sparsity_at(self, step: int) -> float:
+        """The constant sparsity of the transferred masks."""
+        return self.sparsity
+
+
+@dataclass(frozen=True)
+class OneShot:
+    """All pruning at one step (default: before the first update), then train with the mask fixed."""
+
+    target: float
+    at_step: int = 0
+
+    def sparsity_at(self, step: int) -> float:
+        """0 before `at_step`, `target` from then on."""
+        return self.target if step >= self.at_step else 0.0
+
+
+@dataclass(frozen=True)
+class Cubic:
+    """Gradual pruning of Zhu & Gupta 2017 ("To prune, or not to prune"), eq. 1.
+
+    s_t = s_f + (s_i - s_f) * (1 - (t - t_0) / (n * dt)) ** 3   for t in {t_0, t_0 + dt, ..., t_0 + n*dt}
+
+    Sparsity rises fast at first, while redundant weights are plentiful, and slowly near the target.
+    Between update steps the sparsity holds its last value; before t_0 nothing is pruned.
+    """
+
+    target: float
+    start_step: int
+    end_step: int
+    frequency: int = 10
+    initial: float = 0.0
+
+    def sparsity_at(self, step: int) -> float:
+        """Sparsity at the last update step at or before `step`."""
+        if step < self.start_step:
+            return 0.0
+        if step >= self.end_step:
+            return self.target
+        span = self.end_step - self.start_step
+        t = self.start_step + (step - self.start_step) // self.frequency * self.frequency
+        progress = (t - self.start_step) / span
+        return self.target + (self.initial - self.target) * (1.0 - progress) ** 3
+
+
+@dataclass(frozen=True)
+class Iterative:
+    """Iterative pruning with retraining (Han et al. 2015; the NIP baseline of Guo et al. 2019).
+
+    `iterations` equal increments of sparsity at evenly spaced steps from `start_step`; the training
+    between two increments (and after the last) retrains the surviving weights.
+    """
+
+    target: float
+    start_step: int
+    end_step: int
+    iterations: int = 4
+
+    def sparsity_at(self, step: int) -> float:
+        """target * k / iterations, where k increments have happened by `step`."""
+        if step < self.start_step:
+            return 0.0
+        interval = max(1, (self.end_step - self.start_step) // self.iterations)
+        done = min(self.iterations, 1 + (step - self.start_step) // interval)
+        return self.target * done / self.iterations
+
+
+SCHEDULES = ("oneshot", "cubic", "iterative", "fixed")
+
+
+def build_schedule(
+    name: str,
+    target: float,
+    total_steps: int,
+    start_fraction: float = 0.0,
+    end_fraction: float = 0.75,
+    frequency: int = 10,
+    iterations: int = 4,
+    initial: float = 0.0,
+) -> Schedule:
+    """Resolve a named schedule whose window is given as fractions of `total_steps`."""
+    start = int(math.floor(start_fraction * total_steps))
+    end = max(start + 1, int(math.floor(end_fraction * total_steps)))
+    if name == "oneshot":
+        return OneShot(target, start)
+    if name == "cubic":
+        return Cubic(target, start, end, max(1, frequency), initial)
+    if name == "iterative":
+        return Iterative(target, start, end, max(1, iterations))
+    if name == "fixed":
+        return Fixed(target)
+    raise PrunebertError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")

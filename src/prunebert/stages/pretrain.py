@@ -1,0 +1,141 @@
+"""`pretrain`: continued masked-LM pre-training that prunes toward a target sparsity (Gordon et al. 2020).
+
+A checkpoint without an MLM head (all-MiniLM-L6-v2 is a sentence encoder) first gets its new head
+warmed up with the encoder frozen, so the pruning run starts from a sensible MLM loss instead of
+spending its first steps fitting a random head.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import Field
+from transformers import (
+    DataCollatorForLanguageModeling,
+    EvalPrediction,
+    PreTrainedModel,
+    Trainer,
+    default_data_collator,
+)
+
+from prunebert.callback import PruningCallback
+from prunebert.config import PruningConfig, StrictModel
+from prunebert.data import build_mlm_datasets, load_text
+from prunebert.models import load_model, save_pruned, transfer_pruner
+from prunebert.stages.common import RunDir, TrainConfig, sparsity_report, training_arguments
+
+__all__ = ["PretrainConfig", "run_pretrain", "warm_up_head"]
+
+
+class PretrainConfig(StrictModel):
+    """Recipe of the `pretrain` stage."""
+
+    model: str = Field("minilm-l6", description="built-in name, hub name or local directory")
+    text: str = Field("wiki-sample", description="built-in text, a .txt file, a directory of .txt files")
+    output_dir: Path = Field(Path("runs/pretrain"), description="where checkpoints, model and results go")
+    seed: int = Field(0, description="seed of data order, masking and initialisation")
+    block_size: int = Field(128, ge=8, le=512, description="tokens per MLM training sequence")
+    max_train_blocks: int | None = Field(None, ge=1, description="use at most N training sequences")
+    eval_fraction: float = Field(0.05, gt=0, lt=0.5, description="held-out fraction for MLM metrics")
+    mlm_probability: float = Field(0.15, gt=0, lt=1, description="fraction of tokens masked")
+    head_warmup_steps: int = Field(100, ge=0, description="steps training a new MLM head, encoder frozen")
+    head_warmup_lr: float = Field(1e-3, gt=0, description="learning rate of the head warm-up")
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(max_steps=200))
+    pruning: PruningConfig | None = Field(None, description="omit for a dense run")
+
+
+def _argmax(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Keep only predicted ids: full MLM logits over the vocabulary would not fit in memory."""
+    return logits.argmax(dim=-1)
+
+
+def masked_token_accuracy(prediction: EvalPrediction) -> dict[str, float]:
+    """Accuracy over the masked positions (labels != -100)."""
+    preds, labels = np.asarray(prediction.predictions), np.asarray(prediction.label_ids)
+    masked = labels != -100
+    return {"mlm_accuracy": float((preds[masked] == labels[masked]).mean()) if masked.any() else 0.0}
+
+
+def evaluate_mlm(trainer: Trainer, eval_set: Any) -> dict[str, float]:
+    """MLM loss, perplexity and masked-token accuracy on the fixed, pre-masked held-out set."""
+    train_collator, trainer.data_collator = trainer.data_collator, default_data_collator  # pre-masked
+    try:
+        metrics = trainer.evaluate(eval_set, metric_key_prefix="eval")
+    finally:
+        trainer.data_collator = train_collator
+    loss = float(metrics["eval_loss"])
+    return {"mlm_loss": loss, "mlm_perplexity": float(np.exp(min(loss, 50.0))),
+            "mlm_accuracy": float(metrics["eval_mlm_accuracy"])}  # fmt: skip
+
+
+def _trainer(model: PreTrainedModel, args: Any, train_set: Any, collator: Any, callbacks: list) -> Trainer:
+    return Trainer(
+        model=model, args=args, train_dataset=train_set, data_collator=collator, callbacks=callbacks,
+        compute_metrics=masked_token_accuracy, preprocess_logits_for_metrics=_argmax,
+    )  # fmt: skip
+
+
+def warm_up_head(
+    model: PreTrainedModel, cfg: PretrainConfig, train_set: Any, collator: Any, out: Path
+) -> dict[str, float]:
+    """Train only the new MLM head (tied decoder excluded) with the encoder frozen."""
+    prefix = model.base_model_prefix
+    trainable = [p for n, p in model.named_parameters() if not n.startswith(prefix + ".")]
+    frozen = [p for n, p in model.named_parameters() if n.startswith(prefix + ".")]
+    for p in frozen:
+        p.requires_grad_(False)
+    train = cfg.train.model_copy(
+        update={"max_steps": cfg.head_warmup_steps, "learning_rate": cfg.head_warmup_lr,
+                "save_steps": 10**9, "weight_decay": 0.0}  # fmt: skip
+    )
+    trainer = _trainer(model, training_arguments(train, out, cfg.seed), train_set, collator, [])
+    start = time.time()
+    trainer.train()
+    for p in frozen:
+        p.requires_grad_(True)
+    return {"steps": cfg.head_warmup_steps, "trainable_params": sum(p.numel() for p in trainable),
+            "runtime_s": time.time() - start}  # fmt: skip
+
+
+def run_pretrain(cfg: PretrainConfig, overwrite: bool = False) -> dict[str, Any]:
+    """Run the stage; returns (and writes) the results JSON."""
+    run = RunDir(cfg.output_dir)
+    resume = run.prepare(cfg.model_dump(mode="json"), overwrite)
+    loaded = load_model(cfg.model, head="mlm")
+    model, tokenizer = loaded.model, loaded.tokenizer
+    train_set, eval_set = build_mlm_datasets(
+        load_text(cfg.text), tokenizer, cfg.block_size, cfg.eval_fraction, cfg.seed, cfg.max_train_blocks
+    )
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=cfg.mlm_probability)
+    warmup: dict[str, float] = {}
+    if loaded.new_head and cfg.head_warmup_steps > 0 and resume is None:
+        warmup = warm_up_head(model, cfg, train_set, collator, run.root / "head-warmup")
+    pruner = transfer_pruner(model, loaded.path, cfg.pruning)
+    callbacks = [PruningCallback(pruner)] if pruner is not None else []
+    trainer = _trainer(
+        model, training_arguments(cfg.train, run.checkpoints, cfg.seed), train_set, collator, callbacks
+    )
+    before = evaluate_mlm(trainer, eval_set) if resume is None else {}
+    start = time.time()
+    if cfg.train.max_steps != 0:  # 0: only warm up the head (a shared starting point for several runs)
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    runtime = time.time() - start
+    after = evaluate_mlm(trainer, eval_set)
+    save_pruned(model, tokenizer, pruner, run.model)
+    results = {
+        "stage": "pretrain",
+        "recipe": cfg.model_dump(mode="json"),
+        "metrics": after,
+        "metrics_before": before,
+        "head_warmup": warmup,
+        "sparsity": sparsity_report(pruner),
+        "train": {"steps": trainer.state.global_step, "runtime_s": runtime,
+                  "examples": len(train_set), "log_history": trainer.state.log_history},  # fmt: skip
+        "model_dir": str(run.model),
+    }
+    run.write_results(results)
+    return results

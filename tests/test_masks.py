@@ -1,0 +1,60 @@
+"""Golden tests: hand-written weights, exact expected masks."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from prunebert.errors import PrunebertError
+from prunebert.masks import global_masks, layerwise_masks, load_masks, save_masks, sparsity_of, topk_mask
+from prunebert.methods.magnitude import magnitude_scores
+from prunebert.methods.random_baseline import random_scores
+
+W = torch.tensor([[0.1, -0.5, 0.3], [0.05, 0.9, -0.2]])
+
+
+def test_magnitude_layerwise_golden() -> None:
+    mask = topk_mask(magnitude_scores(W), 0.5)
+    assert mask.tolist() == [[False, True, True], [False, True, False]]
+
+
+def test_topk_extremes_and_rounding() -> None:
+    assert topk_mask(W.abs(), 0.0).all()
+    assert topk_mask(torch.arange(10.0), 0.25).sum() == 8  # round(2.5) == 2 pruned (banker's rounding)
+    assert not topk_mask(W.abs(), 1.0).any()
+
+
+def test_global_vs_layerwise_golden() -> None:
+    scores = {"a": torch.tensor([1.0, 2.0, 3.0, 4.0]), "b": torch.tensor([0.5, 5.0])}
+    g = global_masks(scores, 0.5)
+    assert g["a"].tolist() == [False, False, True, True]
+    assert g["b"].tolist() == [False, True]
+    layer = layerwise_masks(scores, 0.5)
+    assert layer["a"].tolist() == [False, False, True, True]
+    assert layer["b"].tolist() == [False, True]
+    g2 = global_masks({"a": torch.tensor([1.0, 2.0, 3.0, 4.0]), "b": torch.tensor([5.0, 6.0])}, 0.5)
+    assert g2["a"].tolist() == [False, False, False, True]  # global takes more from the weaker tensor
+    assert g2["b"].tolist() == [True, True]
+
+
+def test_random_scores_are_seeded_per_name() -> None:
+    a = random_scores(torch.Size([4, 4]), seed=1, name="x")
+    assert torch.equal(a, random_scores(torch.Size([4, 4]), seed=1, name="x"))
+    assert not torch.equal(a, random_scores(torch.Size([4, 4]), seed=1, name="y"))
+    assert not torch.equal(a, random_scores(torch.Size([4, 4]), seed=2, name="x"))
+
+
+def test_sparsity_of() -> None:
+    assert sparsity_of(torch.tensor([0.0, 1.0, 0.0, 2.0])) == 0.5
+    assert sparsity_of(torch.tensor([True, False, False, False])) == 0.75
+
+
+def test_mask_file_round_trip_and_damage(tmp_path: Path) -> None:
+    masks = {"m.weight": topk_mask(W.abs(), 0.5)}
+    save_masks(masks, tmp_path / "m.safetensors", {"sparsity": 0.5})
+    loaded, meta = load_masks(tmp_path / "m.safetensors")
+    assert torch.equal(loaded["m.weight"], masks["m.weight"]) and meta == {"sparsity": 0.5}
+    data = (tmp_path / "m.safetensors").read_bytes()
+    (tmp_path / "bad.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(PrunebertError, match="damaged"):
+        load_masks(tmp_path / "bad.safetensors")

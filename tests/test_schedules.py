@@ -1,0 +1,42 @@
+"""Schedules are pure functions of the step: exact values from the formulas."""
+
+import pytest
+
+from prunebert.errors import PrunebertError
+from prunebert.schedules import Cubic, Fixed, Iterative, OneShot, build_schedule
+
+
+def test_cubic_matches_zhu_gupta_formula() -> None:
+    s = Cubic(target=0.9, start_step=0, end_step=100, frequency=10)
+    assert s.sparsity_at(0) == 0.0
+    assert s.sparsity_at(10) == pytest.approx(0.9 - 0.9 * 0.9**3)
+    assert s.sparsity_at(15) == s.sparsity_at(10)  # held between updates
+    assert s.sparsity_at(50) == pytest.approx(0.9 - 0.9 * 0.5**3)
+    assert s.sparsity_at(100) == 0.9
+    assert s.sparsity_at(1000) == 0.9
+
+
+def test_cubic_is_monotone_and_starts_late() -> None:
+    s = Cubic(target=0.5, start_step=20, end_step=80, frequency=3, initial=0.1)
+    values = [s.sparsity_at(t) for t in range(120)]
+    assert values[:20] == [0.0] * 20
+    assert values[20] == pytest.approx(0.1)
+    assert all(a <= b for a, b in zip(values, values[1:], strict=False))
+
+
+def test_oneshot_and_fixed() -> None:
+    assert OneShot(0.4).sparsity_at(0) == 0.4
+    assert OneShot(0.4, at_step=5).sparsity_at(4) == 0.0
+    assert Fixed(0.3).sparsity_at(123) == 0.3
+
+
+def test_iterative_equal_rounds() -> None:
+    s = Iterative(target=0.8, start_step=0, end_step=100, iterations=4)
+    assert [s.sparsity_at(t) for t in (0, 24, 25, 50, 75, 99)] == pytest.approx([0.2, 0.2, 0.4, 0.6, 0.8, 0.8])
+
+
+def test_build_schedule_resolves_fractions() -> None:
+    s = build_schedule("cubic", 0.6, total_steps=200, start_fraction=0.1, end_fraction=0.5, frequency=4)
+    assert s == Cubic(0.6, 20, 100, 4, 0.0)
+    with pytest.raises(PrunebertError, match="unknown schedule"):
+        build_schedule("linear", 0.5, 10)
