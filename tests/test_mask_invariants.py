@@ -5,30 +5,32 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import tiny_classifier, tiny_tokenizer_at
 from transformers import AutoModel, AutoModelForSequenceClassification, PreTrainedModel
 
 from prunebert.config import PruningConfig
 from prunebert.models import save_pruned, transfer_pruner
 from prunebert.pruner import Pruner
+from tiny import tiny_classifier
 
-@pytest.fixture
-def tokenizer(tmp_path: Path):  # noqa: ANN201
-    return tiny_tokenizer_at(tmp_path / "tok")
-
-
-BATCH = {"input_ids": torch.randint(5, 128, (4, 12), generator=torch.Generator().manual_seed(0)),
-         "labels": torch.tensor([0, 1, 1, 0])}  # fmt: skip
-
+BATCH = {
+    "input_ids": torch.randint(5, 128, (4, 12), generator=torch.Generator().manual_seed(0)),
+    "labels": torch.tensor([0, 1, 1, 0]),
+}
 
 
 def _pruned_are_zero(pruner: Pruner) -> bool:
     return all(bool((w[~pruner.masks[n]] == 0).all()) for n, w in pruner.weights().items())
 
 
-def _train(model: PreTrainedModel, pruner: Pruner, optimizer: torch.optim.Optimizer, steps: int,
-           accumulate: int = 1, autocast: torch.dtype | None = None,
-           check: Callable[[], None] | None = None) -> None:  # fmt: skip
+def _train(
+    model: PreTrainedModel,
+    pruner: Pruner,
+    optimizer: torch.optim.Optimizer,
+    steps: int,
+    accumulate: int = 1,
+    autocast: torch.dtype | None = None,
+    check: Callable[[], None] | None = None,
+) -> None:
     for _ in range(steps):
         for _ in range(accumulate):
             with torch.autocast("cpu", dtype=autocast, enabled=autocast is not None):
@@ -44,7 +46,9 @@ def _train(model: PreTrainedModel, pruner: Pruner, optimizer: torch.optim.Optimi
 
 
 @pytest.mark.parametrize("accumulate,autocast", [(1, None), (3, None), (1, torch.bfloat16)])
-def test_zero_through_adamw_momentum_decay_accumulation_precision(accumulate: int, autocast: torch.dtype | None) -> None:
+def test_zero_through_adamw_momentum_decay_accumulation_precision(
+    accumulate: int, autocast: torch.dtype | None
+) -> None:
     model = tiny_classifier()
     pruner = Pruner(model, PruningConfig(sparsity=0.6, schedule="oneshot", start_fraction=0.5))
     pruner.start(total_steps=8)
@@ -82,7 +86,9 @@ def test_gradual_masks_are_nested() -> None:
     assert pruner.overall_sparsity() == pytest.approx(0.8, abs=0.005)
 
 
-def test_saved_model_loads_in_plain_transformers_with_same_zeros_and_outputs(tmp_path: Path, tokenizer) -> None:
+def test_saved_model_loads_in_plain_transformers_with_same_zeros_and_outputs(
+    tmp_path: Path, tiny_tokenizer
+) -> None:
     model = tiny_classifier()
     pruner = Pruner(model, PruningConfig(sparsity=0.7, scope="global", schedule="oneshot"))
     pruner.start(1)
@@ -90,7 +96,7 @@ def test_saved_model_loads_in_plain_transformers_with_same_zeros_and_outputs(tmp
     model.eval()
     with torch.no_grad():
         expected = model(input_ids=BATCH["input_ids"]).logits
-    save_pruned(model, tokenizer, pruner, tmp_path)
+    save_pruned(model, tiny_tokenizer, pruner, tmp_path)
     plain = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
     with torch.no_grad():
         assert torch.equal(plain(input_ids=BATCH["input_ids"]).logits, expected)
@@ -99,16 +105,18 @@ def test_saved_model_loads_in_plain_transformers_with_same_zeros_and_outputs(tmp
         assert torch.equal(plain_state[name] == 0, ~mask)
     assert set(plain_state) == set(model.state_dict())  # clean keys: no weight_orig / weight_mask
     encoder = AutoModel.from_pretrained(tmp_path)  # headless load, keys without the "bert." prefix
-    assert torch.equal(encoder.state_dict()["encoder.layer.0.attention.self.query.weight"] == 0,
-                       ~pruner.masks["bert.encoder.layer.0.attention.self.query.weight"])  # fmt: skip
+    assert torch.equal(
+        encoder.state_dict()["encoder.layer.0.attention.self.query.weight"] == 0,
+        ~pruner.masks["bert.encoder.layer.0.attention.self.query.weight"],
+    )
 
 
-def test_transferred_mask_stays_fixed_in_further_training(tmp_path: Path, tokenizer) -> None:
+def test_transferred_mask_stays_fixed_in_further_training(tmp_path: Path, tiny_tokenizer) -> None:
     source = tiny_classifier(seed=1)
     pruner = Pruner(source, PruningConfig(sparsity=0.5, schedule="oneshot"))
     pruner.start(1)
     pruner.update(0)
-    save_pruned(source, tokenizer, pruner, tmp_path)
+    save_pruned(source, tiny_tokenizer, pruner, tmp_path)
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path)
     fixed = transfer_pruner(model, str(tmp_path), None)
     assert fixed is not None

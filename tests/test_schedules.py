@@ -1,5 +1,7 @@
 """Schedules are pure functions of the step: exact values from the formulas."""
 
+import itertools
+
 import pytest
 
 from prunebert.errors import PrunebertError
@@ -21,7 +23,7 @@ def test_cubic_is_monotone_and_starts_late() -> None:
     values = [s.sparsity_at(t) for t in range(120)]
     assert values[:20] == [0.0] * 20
     assert values[20] == pytest.approx(0.1)
-    assert all(a <= b for a, b in zip(values, values[1:], strict=False))
+    assert all(a <= b for a, b in itertools.pairwise(values))
 
 
 def test_oneshot_and_fixed() -> None:
@@ -32,7 +34,9 @@ def test_oneshot_and_fixed() -> None:
 
 def test_iterative_equal_rounds() -> None:
     s = Iterative(target=0.8, start_step=0, end_step=100, iterations=4)
-    assert [s.sparsity_at(t) for t in (0, 24, 25, 50, 75, 99)] == pytest.approx([0.2, 0.2, 0.4, 0.6, 0.8, 0.8])
+    assert [s.sparsity_at(t) for t in (0, 24, 25, 50, 75, 99)] == pytest.approx(
+        [0.2, 0.2, 0.4, 0.6, 0.8, 0.8]
+    )
 
 
 def test_build_schedule_resolves_fractions() -> None:

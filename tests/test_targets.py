@@ -3,10 +3,10 @@
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
-from tiny import tiny_classifier, tiny_mlm
 
 from prunebert.errors import PrunebertError
 from prunebert.targets import ENCODER_ROLES, find_targets
+from tiny import tiny_classifier, tiny_mlm
 
 
 @pytest.mark.parametrize("model_type", ["bert", "roberta", "distilbert", "electra"])

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from transformers import (
     AutoConfig,
-    BertTokenizerFast,
     AutoModelForMaskedLM,
     AutoModelForSequenceClassification,
     PretrainedConfig,
     PreTrainedModel,
-    PreTrainedTokenizerBase,
 )
 
 SIZES = {"hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 64, "num_hidden_layers": 2}
@@ -38,14 +34,3 @@ def tiny_mlm(model_type: str = "bert", seed: int = 0) -> PreTrainedModel:
     """A tiny masked-LM with seeded random weights."""
     torch.manual_seed(seed)
     return AutoModelForMaskedLM.from_config(tiny_config(model_type))
-
-
-WORDS = ["the", "a", "movie", "film", "good", "bad", "great", "awful", "is", "was", "plot", "actor", "and"]
-
-
-def tiny_tokenizer_at(directory: Path) -> PreTrainedTokenizerBase:
-    """A WordPiece tokenizer over a handful of words plus the BERT specials, written to `directory`."""
-    directory.mkdir(parents=True, exist_ok=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *[f"w{i}" for i in range(128 - 5 - len(WORDS))]]
-    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    return BertTokenizerFast(vocab_file=str(directory / "vocab.txt"))

@@ -25,6 +25,11 @@ from prunebert.pruner import Pruner
 __all__ = ["PruningCallback"]
 
 
+def _checkpoint_dir(args: TrainingArguments, state: TrainerState) -> Path:
+    """Where the Trainer writes (or wrote) the checkpoint of the current step."""
+    return Path(args.output_dir or ".") / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+
+
 class PruningCallback(TrainerCallback):
     """Prunes on the Trainer's schedule and keeps pruned weights at exactly zero."""
 
@@ -35,7 +40,7 @@ class PruningCallback(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         """Restore a resumed checkpoint's masks, build the schedule, prune what step 0 asks for."""
-        checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        checkpoint = _checkpoint_dir(args, state)
         if state.global_step > 0 and (checkpoint / MASKS_FILE).is_file():
             self.pruner.load(checkpoint)
         self.pruner.start(state.max_steps)
@@ -66,7 +71,7 @@ class PruningCallback(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         """Store masks and method state inside the checkpoint the Trainer just wrote."""
-        checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        checkpoint = _checkpoint_dir(args, state)
         if checkpoint.is_dir() and args.process_index == 0:
             self.pruner.save(checkpoint)
 
@@ -78,9 +83,11 @@ class PruningCallback(TrainerCallback):
         logs: dict[str, float] | None = None,
         **kwargs: Any,
     ) -> None:
-        """Report the current sparsity next to the loss."""
+        """Report the current sparsity next to the loss, on screen and in `state.log_history`."""
         if logs is not None and "loss" in logs:
             logs["sparsity"] = round(self.pruner.overall_sparsity(), 4)
+            if state.log_history and "loss" in state.log_history[-1]:
+                state.log_history[-1]["sparsity"] = logs["sparsity"]
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any

@@ -44,6 +44,15 @@ class PruningConfig(StrictModel):
     seed: int = Field(0, description="seed for methods with randomness (random pruning)")
 
     @model_validator(mode="after")
+    def _method_known(self) -> PruningConfig:
+        """Unknown methods and options fail when the recipe is read, not after data loading."""
+        from prunebert.methods.base import parse_options
+        from prunebert.methods.registry import method_class
+
+        parse_options(method_class(self.method).options_cls, self.method, self.options)
+        return self
+
+    @model_validator(mode="after")
     def _window(self) -> PruningConfig:
         if self.end_fraction < self.start_fraction:
             raise ValueError(

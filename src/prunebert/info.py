@@ -24,7 +24,9 @@ def _weight_files(directory: Path) -> list[Path]:
         return [directory / s for s in shards]
     single = directory / "model.safetensors"
     if not single.is_file():
-        raise PrunebertError(f"no model.safetensors in {directory}; pass a directory written by save_pretrained")
+        raise PrunebertError(
+            f"no model.safetensors in {directory}; pass a directory written by save_pretrained"
+        )
     return [single]
 
 
@@ -44,7 +46,9 @@ def _target_keys(directory: Path, keys: list[str]) -> dict[str, str]:
     arch = ARCHITECTURES.get(model_type)
     if arch is None:
         return {}
-    patterns = [(role, re.compile(arch.roles[role].removesuffix("$") + r"\.weight$")) for role in ENCODER_ROLES]
+    patterns = [
+        (role, re.compile(arch.roles[role].removesuffix("$") + r"\.weight$")) for role in ENCODER_ROLES
+    ]
     return {k: role for k in keys for role, p in patterns if p.search(k)}
 
 
@@ -65,7 +69,9 @@ def checkpoint_info(path: Path) -> dict[str, Any]:
                     if key in targets:
                         modules[key] = {"role": targets[key], "shape": list(tensor.shape), "sparsity": z / n}
     except (SafetensorError, OSError) as exc:
-        raise PrunebertError(f"cannot read weights in {directory} ({exc}); the file is damaged or truncated") from None
+        raise PrunebertError(
+            f"cannot read weights in {directory} ({exc}); the file is damaged or truncated"
+        ) from None
     numel = {k: torch.Size(v["shape"]).numel() for k, v in modules.items()}
     pruned = sum(v["sparsity"] * numel[k] for k, v in modules.items())
     return {

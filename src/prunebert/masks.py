@@ -83,6 +83,7 @@ def load_masks(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
             raw = (f.metadata() or {}).get("prunebert", "{}")
     except (SafetensorError, OSError, ValueError) as exc:
         raise PrunebertError(
-            f"mask file {path} is damaged ({str(exc).splitlines()[0]}); re-run the pruning stage that wrote it"
+            f"mask file {path} is damaged ({str(exc).splitlines()[0]}); "
+            "re-run the pruning stage that wrote it"
         ) from None
     return {k: v.bool() for k, v in masks.items()}, json.loads(raw)

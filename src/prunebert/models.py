@@ -1,4 +1,4 @@
-"""Load encoders by built-in name, hub name or local path, and save pruned ones so plain transformers loads them.
+"""Load encoders by built-in name, hub name or local path; save pruned ones so plain transformers loads them.
 
 A prunebert model directory is an ordinary `save_pretrained` directory (safetensors weights with the
 zeros baked in, config, tokenizer) plus `prunebert_masks.safetensors`, which carries the masks so a
@@ -73,7 +73,9 @@ def resolve_model_path(spec: str) -> str:
     if (path / "model" / "config.json").is_file():
         return str(path / "model")
     if path.exists() and not (path / "config.json").is_file():
-        raise PrunebertError(f"{spec} has no config.json; pass a directory written by save_pretrained or prunebert")
+        raise PrunebertError(
+            f"{spec} has no config.json; pass a directory written by save_pretrained or prunebert"
+        )
     return spec
 
 
@@ -81,11 +83,12 @@ def load_config(spec: str) -> PretrainedConfig:
     """The model's config, checked to be a supported encoder before any weights are read."""
     path = resolve_model_path(spec)
     try:
-        config = AutoConfig.from_pretrained(path)
+        config: PretrainedConfig = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as exc:
+        builtins = ", ".join(sorted(assets.BUILTIN_MODELS))
         raise PrunebertError(
             f"could not load model {spec!r} ({str(exc).splitlines()[0][:120]}); pass a local model "
-            f"directory, a reachable hub name, or a built-in name ({', '.join(sorted(assets.BUILTIN_MODELS))})"
+            f"directory, a reachable hub name, or a built-in name ({builtins})"
         ) from None
     if config.model_type not in ARCHITECTURES:
         raise PrunebertError(
@@ -110,7 +113,11 @@ def load_model(spec: str, head: Head, num_labels: int | None = None) -> LoadedMo
         kwargs = {"num_labels": num_labels or config.num_labels}
         if num_labels == 1:
             kwargs["problem_type"] = "regression"
-    auto = {"mlm": AutoModelForMaskedLM, "classification": AutoModelForSequenceClassification, "base": AutoModel}
+    auto = {
+        "mlm": AutoModelForMaskedLM,
+        "classification": AutoModelForSequenceClassification,
+        "base": AutoModel,
+    }
     with _quiet_transformers():
         model, info = auto[head].from_pretrained(path, output_loading_info=True, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(path)

@@ -38,6 +38,12 @@ __all__ = ["METHOD_STATE_FILE", "Pruner"]
 METHOD_STATE_FILE = "prunebert_method_state.safetensors"
 
 
+def _weight(model: nn.Module, name: str) -> nn.Parameter:
+    weight = model.get_submodule(name).weight
+    assert isinstance(weight, nn.Parameter)
+    return weight
+
+
 class Pruner:
     """Chooses, applies and enforces masks on a model's target weights."""
 
@@ -56,7 +62,7 @@ class Pruner:
 
     # -- the weights -------------------------------------------------------------------------------
     def _pairs(self) -> list[tuple[Target, nn.Parameter]]:
-        return [(t, self.model.get_submodule(t.name).weight) for t in self.targets]
+        return [(t, _weight(self.model, t.name)) for t in self.targets]
 
     def weights(self) -> dict[str, nn.Parameter]:
         """Target weights by state-dict key, looked up afresh (robust to `model.to(...)`)."""
@@ -70,13 +76,19 @@ class Pruner:
             self.schedule = Fixed(self.sparsity)
         else:
             self.schedule = build_schedule(
-                c.schedule, c.sparsity, total_steps, c.start_fraction, c.end_fraction,
-                c.frequency, c.iterations, c.initial_sparsity,
-            )  # fmt: skip
+                c.schedule,
+                c.sparsity,
+                total_steps,
+                c.start_fraction,
+                c.end_fraction,
+                c.frequency,
+                c.iterations,
+                c.initial_sparsity,
+            )
         self.attach()
 
     def attach(self) -> None:
-        """Mask every gradient as it is computed, so clipping and optimizer moments never see pruned entries."""
+        """Mask each gradient as it is computed: clipping and optimizer moments never see pruned entries."""
         self.detach()
         for name, weight in self.weights().items():
             self.masks[name] = self.masks[name].to(weight.device)

@@ -108,8 +108,8 @@ def build_schedule(
     initial: float = 0.0,
 ) -> Schedule:
     """Resolve a named schedule whose window is given as fractions of `total_steps`."""
-    start = int(math.floor(start_fraction * total_steps))
-    end = max(start + 1, int(math.floor(end_fraction * total_steps)))
+    start = math.floor(start_fraction * total_steps)
+    end = max(start + 1, math.floor(end_fraction * total_steps))
     if name == "oneshot":
         return OneShot(target, start)
     if name == "cubic":

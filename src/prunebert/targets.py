@@ -113,7 +113,7 @@ def find_targets(
     Explicit `patterns` (regexes over module names) replace the role table; matched modules get the
     role "custom" unless the table also names them. Only modules with a 2-D `weight` qualify.
     """
-    arch = ARCHITECTURES.get(getattr(getattr(model, "config", None), "model_type", ""), None)
+    arch = ARCHITECTURES.get(getattr(getattr(model, "config", None), "model_type", ""))
     role_list = list(roles) + (["embeddings"] if include_embeddings else [])
     table = _role_patterns(arch, role_list) if arch is not None and not patterns else []
     if not patterns and arch is None:

@@ -35,7 +35,9 @@ def available_methods() -> list[str]:
 def method_class(name: str) -> type[PruningMethod]:
     """The class registered as `name`, or a one-line error listing the choices."""
     if name not in _REGISTRY:
-        raise PrunebertError(f"unknown pruning method {name!r}; choose one of {', '.join(available_methods())}")
+        raise PrunebertError(
+            f"unknown pruning method {name!r}; choose one of {', '.join(available_methods())}"
+        )
     return _REGISTRY[name]
 
 

@@ -98,15 +98,20 @@ class RunDir:
         saved = self.root / RECIPE_FILE
         if saved.is_file() and not overwrite and yaml.safe_load(saved.read_text()) != recipe:
             raise PrunebertError(
-                f"{self.root} holds an unfinished run of a different recipe; pass a new --output_dir or --overwrite"
+                f"{self.root} holds an unfinished run of a different recipe; "
+                "pass a new --output_dir or --overwrite"
             )
         if self.root.exists() and not saved.is_file() and any(self.root.iterdir()) and not overwrite:
-            raise PrunebertError(f"{self.root} is not empty and was not written by prunebert; pass a new --output_dir")
+            raise PrunebertError(
+                f"{self.root} is not empty and was not written by prunebert; pass a new --output_dir"
+            )
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             (self.root / RECIPE_FILE).write_text(yaml.safe_dump(recipe, sort_keys=False))
         except OSError as exc:
-            raise PrunebertError(f"cannot write to {self.root} ({exc.strerror}); pass a writable --output_dir") from None
+            raise PrunebertError(
+                f"cannot write to {self.root} ({exc.strerror}); pass a writable --output_dir"
+            ) from None
         return None if overwrite else self.last_checkpoint()
 
     def last_checkpoint(self) -> Path | None:
@@ -123,8 +128,13 @@ class RunDir:
 def environment() -> dict[str, str]:
     """Versions and machine facts that make a result reproducible."""
     versions = {pkg: importlib.metadata.version(pkg) for pkg in ("prunebert", "torch", "transformers")}
-    return {**versions, "python": platform.python_version(), "machine": platform.machine(),
-            "threads": str(torch.get_num_threads()), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}  # fmt: skip
+    return {
+        **versions,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "threads": str(torch.get_num_threads()),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
 
 
 def sparsity_report(pruner: Pruner | None) -> dict[str, Any]:

@@ -26,7 +26,9 @@ Split = Literal["train", "dev", "test"]
 class TaskSpec(StrictModel):
     """Which labelled data a stage reads and how it is tokenised."""
 
-    task: str = Field("rotten-tomatoes", description="built-in task, hub name (glue/sst2) or local csv/tsv/jsonl")
+    task: str = Field(
+        "rotten-tomatoes", description="built-in task, hub name (glue/sst2) or local csv/tsv/jsonl"
+    )
     text_column: str = Field("text", description="column holding the (first) text")
     text_pair_column: str | None = Field(None, description="column holding the second text of a pair task")
     label_column: str = Field("label", description="column holding the label")
@@ -37,7 +39,7 @@ class EvaluateConfig(TaskSpec):
     """Recipe of the `evaluate` stage."""
 
     model: str = Field(..., description="a fine-tuned model directory or prunebert run directory")
-    splits: list[Split] = Field(default_factory=lambda: ["dev", "test"], description="splits to score")
+    splits: list[Split] = Field(["dev", "test"], description="splits to score")
     batch_size: int = Field(64, ge=1, description="examples per forward pass")
     seed: int = Field(0, description="seed of the task's split (must match the fine-tuning run)")
     output: Path | None = Field(None, description="write the results JSON here")
@@ -50,15 +52,22 @@ def evaluate_splits(
     out = {}
     for name in names:
         prediction = trainer.predict(splits[name], metric_key_prefix=name)
-        scores = compute_metrics(task.metric, np.asarray(prediction.predictions), np.asarray(prediction.label_ids))
-        out[name] = {**scores, "loss": float(prediction.metrics[f"{name}_loss"])}
+        scores = compute_metrics(
+            task.metric, np.asarray(prediction.predictions), np.asarray(prediction.label_ids)
+        )
+        out[name] = {**scores, "loss": float((prediction.metrics or {})[f"{name}_loss"])}
     return out
 
 
 def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     """Score a fine-tuned model; returns (and, with `output`, writes) the results JSON."""
-    task = load_task(cfg.task, text_column=cfg.text_column, text_pair_column=cfg.text_pair_column,
-                     label_column=cfg.label_column, seed=cfg.seed)  # fmt: skip
+    task = load_task(
+        cfg.task,
+        text_column=cfg.text_column,
+        text_pair_column=cfg.text_pair_column,
+        label_column=cfg.label_column,
+        seed=cfg.seed,
+    )
     loaded = load_model(cfg.model, head="classification", num_labels=task.num_labels)
     splits = tokenize_task(task, loaded.tokenizer, cfg.max_seq_length)
     args = training_arguments(TrainConfig(batch_size=cfg.batch_size), Path("/tmp/prunebert-eval"), cfg.seed)

@@ -10,7 +10,7 @@ from pydantic import Field
 from transformers import DataCollatorWithPadding, Trainer
 
 from prunebert.callback import PruningCallback
-from prunebert.config import PruningConfig, StrictModel
+from prunebert.config import PruningConfig
 from prunebert.data import load_task, tokenize_task
 from prunebert.models import load_model, save_pruned, transfer_pruner
 from prunebert.stages.common import RunDir, TrainConfig, sparsity_report, training_arguments
@@ -37,9 +37,13 @@ def run_finetune(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]
     run = RunDir(cfg.output_dir)
     resume = run.prepare(cfg.model_dump(mode="json"), overwrite)
     task = load_task(
-        cfg.task, text_column=cfg.text_column, text_pair_column=cfg.text_pair_column,
-        label_column=cfg.label_column, seed=cfg.seed, max_train_examples=cfg.max_train_examples,
-    )  # fmt: skip
+        cfg.task,
+        text_column=cfg.text_column,
+        text_pair_column=cfg.text_pair_column,
+        label_column=cfg.label_column,
+        seed=cfg.seed,
+        max_train_examples=cfg.max_train_examples,
+    )
     loaded = load_model(cfg.model, head="classification", num_labels=task.num_labels)
     model, tokenizer = loaded.model, loaded.tokenizer
     if task.label_names is not None:
@@ -62,13 +66,21 @@ def run_finetune(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]
     results = {
         "stage": "finetune",
         "recipe": cfg.model_dump(mode="json"),
-        "task": {"name": task.name, "metric": task.metric, "num_labels": task.num_labels,
-                 "sizes": {k: len(v) for k, v in splits.items()}},  # fmt: skip
+        "task": {
+            "name": task.name,
+            "metric": task.metric,
+            "num_labels": task.num_labels,
+            "sizes": {k: len(v) for k, v in splits.items()},
+        },
         "metrics": metrics,
         "sparsity": sparsity_report(pruner),
         "transferred_mask": pruner is not None and cfg.pruning is None,
-        "train": {"steps": trainer.state.global_step, "runtime_s": runtime,
-                  "train_loss": output.training_loss, "log_history": trainer.state.log_history},  # fmt: skip
+        "train": {
+            "steps": trainer.state.global_step,
+            "runtime_s": runtime,
+            "train_loss": output.training_loss,
+            "log_history": trainer.state.log_history,
+        },
         "model_dir": str(run.model),
     }
     run.write_results(results)

@@ -68,15 +68,23 @@ def evaluate_mlm(trainer: Trainer, eval_set: Any) -> dict[str, float]:
     finally:
         trainer.data_collator = train_collator
     loss = float(metrics["eval_loss"])
-    return {"mlm_loss": loss, "mlm_perplexity": float(np.exp(min(loss, 50.0))),
-            "mlm_accuracy": float(metrics["eval_mlm_accuracy"])}  # fmt: skip
+    return {
+        "mlm_loss": loss,
+        "mlm_perplexity": float(np.exp(min(loss, 50.0))),
+        "mlm_accuracy": float(metrics["eval_mlm_accuracy"]),
+    }
 
 
 def _trainer(model: PreTrainedModel, args: Any, train_set: Any, collator: Any, callbacks: list) -> Trainer:
     return Trainer(
-        model=model, args=args, train_dataset=train_set, data_collator=collator, callbacks=callbacks,
-        compute_metrics=masked_token_accuracy, preprocess_logits_for_metrics=_argmax,
-    )  # fmt: skip
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        data_collator=collator,
+        callbacks=callbacks,
+        compute_metrics=masked_token_accuracy,
+        preprocess_logits_for_metrics=_argmax,
+    )
 
 
 def warm_up_head(
@@ -89,16 +97,23 @@ def warm_up_head(
     for p in frozen:
         p.requires_grad_(False)
     train = cfg.train.model_copy(
-        update={"max_steps": cfg.head_warmup_steps, "learning_rate": cfg.head_warmup_lr,
-                "save_steps": 10**9, "weight_decay": 0.0}  # fmt: skip
+        update={
+            "max_steps": cfg.head_warmup_steps,
+            "learning_rate": cfg.head_warmup_lr,
+            "save_steps": 10**9,
+            "weight_decay": 0.0,
+        }
     )
     trainer = _trainer(model, training_arguments(train, out, cfg.seed), train_set, collator, [])
     start = time.time()
     trainer.train()
     for p in frozen:
         p.requires_grad_(True)
-    return {"steps": cfg.head_warmup_steps, "trainable_params": sum(p.numel() for p in trainable),
-            "runtime_s": time.time() - start}  # fmt: skip
+    return {
+        "steps": cfg.head_warmup_steps,
+        "trainable_params": sum(p.numel() for p in trainable),
+        "runtime_s": time.time() - start,
+    }
 
 
 def run_pretrain(cfg: PretrainConfig, overwrite: bool = False) -> dict[str, Any]:
@@ -133,8 +148,12 @@ def run_pretrain(cfg: PretrainConfig, overwrite: bool = False) -> dict[str, Any]
         "metrics_before": before,
         "head_warmup": warmup,
         "sparsity": sparsity_report(pruner),
-        "train": {"steps": trainer.state.global_step, "runtime_s": runtime,
-                  "examples": len(train_set), "log_history": trainer.state.log_history},  # fmt: skip
+        "train": {
+            "steps": trainer.state.global_step,
+            "runtime_s": runtime,
+            "examples": len(train_set),
+            "log_history": trainer.state.log_history,
+        },
         "model_dir": str(run.model),
     }
     run.write_results(results)

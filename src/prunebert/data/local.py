@@ -1,0 +1,133 @@
+"""Local task data: one csv/tsv/jsonl/json file (split 80/10/10) or a directory of train/dev/test files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from prunebert.data.schema import Columns, RawSplit, RawTask, check_labels_present, pick_columns
+from prunebert.data.splits import carve, split_three
+from prunebert.errors import PrunebertError
+
+__all__ = ["SUFFIXES", "load_local", "read_columns"]
+
+SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
+_INT = re.compile(r"[+-]?\d+")
+
+
+def read_columns(path: Path) -> dict[str, list[Any]]:
+    """Read a csv/tsv/jsonl/json file into column lists (csv label-like numbers are parsed later)."""
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise PrunebertError(f"unsupported data file {path} (use {', '.join(SUFFIXES)}); convert it first")
+    try:
+        rows = _read_delimited(path, suffix) if suffix in (".csv", ".tsv") else _read_json(path)
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise PrunebertError(f"cannot read {path} ({e}); pass a readable UTF-8 file") from e
+    if not rows:
+        raise PrunebertError(f"{path} has no rows; pass a file with data")
+    names = list(dict.fromkeys(k for row in rows for k in row))
+    return {name: [row.get(name) for row in rows] for name in names}
+
+
+def _read_delimited(path: Path, suffix: str) -> list[dict[str, Any]]:
+    """Rows of a csv or tsv file with a header line."""
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long documents exceed the 128 KiB default
+    with path.open(encoding="utf-8-sig", newline="") as fh:
+        reader = csv.DictReader(fh, delimiter="\t" if suffix == ".tsv" else ",")
+        return [{k: v for k, v in row.items() if k is not None} for row in reader]
+
+
+def _read_json(path: Path) -> list[dict[str, Any]]:
+    """Rows of a JSON-lines file, or of a .json file holding a list of objects (or JSON lines)."""
+    text = path.read_text(encoding="utf-8-sig")
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            data = None  # maybe JSON lines under a .json name
+        if isinstance(data, list) and all(isinstance(r, dict) for r in data):
+            return data
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise PrunebertError(f"line {n} of {path} is not valid JSON ({e.msg}); fix the file") from e
+        if not isinstance(row, dict):
+            raise PrunebertError(f"line {n} of {path} is not a JSON object; write one object per line")
+        rows.append(row)
+    return rows
+
+
+def _parse_csv_labels(values: list[Any]) -> list[Any]:
+    """Turn csv label strings into ints (all integers) or floats (all numbers); otherwise keep strings."""
+    texts = [v.strip() if isinstance(v, str) else v for v in values]
+    if not all(isinstance(v, str) and v for v in texts):
+        return texts  # empty labels are reported by the label check
+    if all(_INT.fullmatch(v) for v in texts):
+        return [int(v) for v in texts]
+    try:
+        return [float(v) for v in texts]
+    except ValueError:
+        return texts
+
+
+def _read_split(path: Path, columns: Columns) -> RawSplit:
+    """One file as a canonical split."""
+    data = read_columns(path)
+    split = pick_columns(data, columns, str(path))
+    check_labels_present(split["label"], str(path))
+    if path.suffix.lower() in (".csv", ".tsv"):
+        split["label"] = _parse_csv_labels(split["label"])
+    return split
+
+
+def _take(split: RawSplit, idx: list[int]) -> RawSplit:
+    """The rows ``idx`` of a split."""
+    return {k: [v[i] for i in idx] for k, v in split.items()}
+
+
+def _find(directory: Path, stems: tuple[str, ...]) -> Path | None:
+    """The first ``<stem><suffix>`` file present in ``directory``."""
+    for stem in stems:
+        for suffix in SUFFIXES:
+            if (directory / f"{stem}{suffix}").is_file():
+                return directory / f"{stem}{suffix}"
+    return None
+
+
+def _load_dir(directory: Path, columns: Columns, seed: int) -> dict[str, RawSplit]:
+    """train + optional dev|validation (else 10% carved from train) + required test files."""
+    train_path, test_path = _find(directory, ("train",)), _find(directory, ("test",))
+    kinds = "{" + ",".join(s[1:] for s in SUFFIXES) + "}"
+    if train_path is None:
+        raise PrunebertError(f"no train.{kinds} in {directory}; add one or pass a single data file")
+    if test_path is None:
+        raise PrunebertError(
+            f"no test.{kinds} in {directory}; add a test file, or pass a single file to get an 80/10/10 split"
+        )
+    train = _read_split(train_path, columns)
+    dev_path = _find(directory, ("dev", "validation"))
+    if dev_path is None:
+        keep, dev_idx = carve(len(train["text"]), 0.1, seed)
+        dev, train = _take(train, dev_idx), _take(train, keep)
+    else:
+        dev = _read_split(dev_path, columns)
+    return {"train": train, "dev": dev, "test": _read_split(test_path, columns)}
+
+
+def load_local(path: Path, columns: Columns, seed: int) -> RawTask:
+    """A task from a local file (seeded 80/10/10 split) or a directory of split files."""
+    if path.is_dir():
+        return RawTask(name=path.name, splits=_load_dir(path, columns, seed))
+    data = _read_split(path, columns)
+    train, dev, test = split_three(len(data["text"]), seed)
+    splits = {"train": _take(data, train), "dev": _take(data, dev), "test": _take(data, test)}
+    return RawTask(name=path.stem, splits=splits)

@@ -1,0 +1,45 @@
+"""Shared fixtures: a tiny offline WordPiece tokenizer (never downloaded)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from transformers import BertTokenizerFast, PreTrainedTokenizerBase
+
+TINY_WORDS = [
+    "the",
+    "a",
+    "movie",
+    "film",
+    "good",
+    "bad",
+    "great",
+    "awful",
+    "is",
+    "was",
+    "plot",
+    "actor",
+    "and",
+    "cat",
+    "sat",
+    "on",
+    "mat",
+    "dog",
+    "ran",
+    "home",
+    "it",
+    "not",
+    ".",
+    ",",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> PreTrainedTokenizerBase:
+    """A lower-casing BERT WordPiece tokenizer over the five specials plus ``TINY_WORDS``."""
+    directory: Path = tmp_path_factory.mktemp("tiny_tokenizer")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TINY_WORDS]
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    # from_pretrained(dir) reads vocab.txt in transformers 4 and 5 alike (v5 ignores a `vocab_file=` kwarg)
+    return BertTokenizerFast.from_pretrained(str(directory))

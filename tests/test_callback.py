@@ -1,0 +1,77 @@
+"""The callback inside a stock HF Trainer: schedule followed, zeros exact, checkpoints resume the masks."""
+
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from prunebert import PruningCallback, PruningConfig
+from prunebert.masks import MASKS_FILE
+from prunebert.pruner import Pruner
+from tiny import tiny_classifier
+
+
+def _data(n: int = 64) -> datasets.Dataset:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 128, (n, 10), generator=g)
+    return datasets.Dataset.from_dict({"input_ids": ids.tolist(), "labels": (ids[:, 0] % 2).tolist()})
+
+
+def _args(out: Path, steps: int, **kw: object) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=str(out),
+        max_steps=steps,
+        per_device_train_batch_size=8,
+        learning_rate=5e-3,
+        weight_decay=0.1,
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        logging_steps=2,
+        save_strategy="steps",
+        save_steps=4,
+        disable_tqdm=True,
+        **kw,
+    )
+
+
+def _train(out: Path, steps: int, stop_at: int | None = None, resume: str | None = None, **kw: object):
+    model = tiny_classifier()
+    pruner = Pruner(model, PruningConfig(sparsity=0.5, schedule="cubic", end_fraction=0.75, frequency=2))
+    callbacks: list[TrainerCallback] = [PruningCallback(pruner)]
+    if stop_at is not None:
+        callbacks.append(_StopAt(stop_at))
+    trainer = Trainer(model=model, args=_args(out, steps, **kw), train_dataset=_data(), callbacks=callbacks)
+    trainer.train(resume_from_checkpoint=resume)
+    return model, pruner, trainer
+
+
+class _StopAt(TrainerCallback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+
+
+def test_trainer_reaches_target_with_exact_zeros(tmp_path: Path) -> None:
+    _, pruner, trainer = _train(tmp_path, 12, gradient_accumulation_steps=2)
+    assert pruner.module_sparsity() == {n: pytest.approx(0.5, abs=1e-3) for n in pruner.masks}
+    for name, weight in pruner.weights().items():
+        assert torch.equal(weight == 0, ~pruner.masks[name])
+    steps = [s for s, _ in pruner.history]
+    assert steps == sorted(steps) and steps[-1] <= 9  # target reached at 75% of 12 steps
+    assert any("sparsity" in log for log in trainer.state.log_history)
+    assert (tmp_path / "checkpoint-4" / MASKS_FILE).is_file()
+
+
+def test_resume_from_checkpoint_gives_the_same_masks_and_weights(tmp_path: Path) -> None:
+    full_model, full, _ = _train(tmp_path / "full", 12)
+    _train(tmp_path / "cut", 12, stop_at=4)
+    model, resumed, _ = _train(tmp_path / "cut", 12, resume=str(tmp_path / "cut" / "checkpoint-4"))
+    assert all(torch.equal(full.masks[n], resumed.masks[n]) for n in full.masks)
+    for (name, a), b in zip(full_model.state_dict().items(), model.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), name
