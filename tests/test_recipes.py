@@ -97,3 +97,12 @@ def test_cli_unknown_method_is_rejected(tmp_path: Path, capsys: pytest.CaptureFi
         validate_recipe(PretrainConfig, {"pruning": {"options": {"temperature": 2}}})
     assert main(["methods"]) == 0
     assert "magnitude" in capsys.readouterr().out.split()
+
+
+@pytest.mark.parametrize(
+    "name,cls", [("pretrain-magnitude40", PretrainConfig), ("finetune-transfer", FinetuneConfig)]
+)
+def test_committed_recipes_are_valid(name: str, cls: type) -> None:
+    path = Path(__file__).parents[1] / "recipes" / f"{name}.yaml"
+    cfg = validate_recipe(cls, load_recipe(path))
+    assert validate_recipe(cls, load_recipe(path)) == cfg

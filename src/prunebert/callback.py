@@ -85,9 +85,10 @@ class PruningCallback(TrainerCallback):
     ) -> None:
         """Report the current sparsity next to the loss, on screen and in `state.log_history`."""
         if logs is not None and "loss" in logs:
-            logs["sparsity"] = round(self.pruner.overall_sparsity(), 4)
+            extra = {"sparsity": round(self.pruner.overall_sparsity(), 4), **self.pruner.method.log_metrics()}
+            logs.update(extra)
             if state.log_history and "loss" in state.log_history[-1]:
-                state.log_history[-1]["sparsity"] = logs["sparsity"]
+                state.log_history[-1].update(extra)
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any

@@ -20,7 +20,7 @@ class StrictModel(BaseModel):
 class PruningConfig(StrictModel):
     """How a pruner chooses, when it prunes and which weights it may touch."""
 
-    method: str = Field("magnitude", description="registered method name (see `prunebert info --methods`)")
+    method: str = Field("magnitude", description="registered method name (list them: `prunebert methods`)")
     sparsity: float = Field(0.4, ge=0.0, lt=1.0, description="final fraction of target weights set to zero")
     scope: Literal["layer", "global"] = Field(
         "layer", description="layer: every matrix to the same sparsity; global: one ranking over all targets"
@@ -42,6 +42,17 @@ class PruningConfig(StrictModel):
     include_embeddings: bool = Field(False, description="also prune the word-embedding matrix")
     options: dict[str, Any] = Field(default_factory=dict, description="method-specific options")
     seed: int = Field(0, description="seed for methods with randomness (random pruning)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_defaults(cls, data: Any) -> Any:
+        """Fields a recipe leaves out take the method's own defaults (e.g. NIP: iterative schedule)."""
+        if not isinstance(data, dict):
+            return data
+        from prunebert.methods.registry import method_class
+
+        method = method_class(str(data.get("method", "magnitude")))
+        return {**method.defaults, **data}
 
     @model_validator(mode="after")
     def _method_known(self) -> PruningConfig:

@@ -92,7 +92,11 @@ class Pruner:
         self.detach()
         for name, weight in self.weights().items():
             self.masks[name] = self.masks[name].to(weight.device)
-            self._hooks.append(weight.register_hook(lambda g, n=name: g * self.masks[n]))
+            self._hooks.append(weight.register_hook(lambda g, n=name, w=weight: self._on_grad(n, w, g)))
+
+    def _on_grad(self, name: str, weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        self.method.observe_gradient(name, weight, grad)
+        return grad * self.masks[name]
 
     def detach(self) -> None:
         """Remove the gradient hooks."""
@@ -133,6 +137,7 @@ class Pruner:
         self.history.append((step, target))
         self._clear_optimizer_state(optimizer)
         self.enforce()
+        self.method.on_masks_updated(target, final=target >= self.config.sparsity)
         return True
 
     def _choose(self, sparsity: float) -> dict[str, torch.Tensor]:

@@ -43,6 +43,8 @@ class PruningMethod:
     options_cls: ClassVar[type[MethodOptions]] = MethodOptions
     #: pruned weights never come back (their score is forced to -inf before ranking)
     monotone: ClassVar[bool] = True
+    #: PruningConfig values this method uses when a recipe does not set them (e.g. its schedule)
+    defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, options: MethodOptions, seed: int = 0) -> None:
         self.options = options
@@ -52,11 +54,21 @@ class PruningMethod:
         """Importance of every weight of every target, same shapes as `weights`."""
         raise NotImplementedError
 
+    def observe_gradient(self, name: str, weight: torch.Tensor, grad: torch.Tensor) -> None:
+        """Sees each raw (unmasked) gradient of a target as backward produces it, per micro-batch."""
+
     def after_backward(self, weights: Mapping[str, torch.Tensor]) -> None:
-        """Called once per optimizer step after gradients are complete (before clipping is undone)."""
+        """Called once per optimizer step, after all micro-batches and gradient clipping."""
 
     def after_optimizer_step(self, weights: Mapping[str, torch.Tensor], lr: float) -> None:
         """Called after each optimizer step, before masks are re-applied."""
+
+    def on_masks_updated(self, sparsity: float, final: bool) -> None:
+        """Called after the pruner set new masks; `final` once the target sparsity is reached."""
+
+    def log_metrics(self) -> dict[str, float]:
+        """Numbers worth logging next to the loss (e.g. RPP's fraction of exact zeros)."""
+        return {}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Training-time tensors (e.g. movement scores) to save with a checkpoint."""

@@ -41,6 +41,9 @@ class PretrainConfig(StrictModel):
     block_size: int = Field(128, ge=8, le=512, description="tokens per MLM training sequence")
     max_train_blocks: int | None = Field(None, ge=1, description="use at most N training sequences")
     eval_fraction: float = Field(0.05, gt=0, lt=0.5, description="held-out fraction for MLM metrics")
+    max_eval_blocks: int | None = Field(
+        512, ge=1, description="score MLM metrics on at most N held-out sequences"
+    )
     mlm_probability: float = Field(0.15, gt=0, lt=1, description="fraction of tokens masked")
     head_warmup_steps: int = Field(100, ge=0, description="steps training a new MLM head, encoder frozen")
     head_warmup_lr: float = Field(1e-3, gt=0, description="learning rate of the head warm-up")
@@ -125,6 +128,8 @@ def run_pretrain(cfg: PretrainConfig, overwrite: bool = False) -> dict[str, Any]
     train_set, eval_set = build_mlm_datasets(
         load_text(cfg.text), tokenizer, cfg.block_size, cfg.eval_fraction, cfg.seed, cfg.max_train_blocks
     )
+    if cfg.max_eval_blocks is not None and len(eval_set) > cfg.max_eval_blocks:
+        eval_set = eval_set.select(range(cfg.max_eval_blocks))
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=cfg.mlm_probability)
     warmup: dict[str, float] = {}
     if loaded.new_head and cfg.head_warmup_steps > 0 and resume is None:
