@@ -145,8 +145,10 @@ class Pruner:
         scores = self.method.scores(weights)
         if self.method.monotone:
             scores = {n: s.masked_fill(~self.masks[n], float("-inf")) for n, s in scores.items()}
-        chooser = global_masks if self.config.scope == "global" else layerwise_masks
-        masks = chooser(scores, sparsity)
+        masks = self.method.select(scores, sparsity)
+        if masks is None or sparsity >= self.config.sparsity:  # the final masks meet the target exactly
+            chooser = global_masks if self.config.scope == "global" else layerwise_masks
+            masks = chooser(scores, sparsity)
         if self.method.monotone:  # never regrow, even when a transferred mask is sparser than the target
             masks = {n: m & self.masks[n] for n, m in masks.items()}
         return masks

@@ -54,6 +54,10 @@ class PruningMethod:
         """Importance of every weight of every target, same shapes as `weights`."""
         raise NotImplementedError
 
+    def select(self, scores: Mapping[str, torch.Tensor], sparsity: float) -> dict[str, torch.Tensor] | None:
+        """Masks chosen by the method itself (e.g. a score threshold); None = top-k at `sparsity`."""
+        return None
+
     def observe_gradient(self, name: str, weight: torch.Tensor, grad: torch.Tensor) -> None:
         """Sees each raw (unmasked) gradient of a target as backward produces it, per micro-batch."""
 
