@@ -75,3 +75,17 @@ def test_resume_from_checkpoint_gives_the_same_masks_and_weights(tmp_path: Path)
     assert all(torch.equal(full.masks[n], resumed.masks[n]) for n in full.masks)
     for (name, a), b in zip(full_model.state_dict().items(), model.state_dict().values(), strict=True):
         assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path: Path) -> None:
+    from prunebert.stages.common import mean_loss_per_batch
+
+    def loss_after_one_step(batch: int, accumulate: int) -> float:
+        model = tiny_classifier()
+        args = _args(tmp_path / f"{batch}-{accumulate}", 1, gradient_accumulation_steps=accumulate)
+        args.per_device_train_batch_size = batch
+        trainer = mean_loss_per_batch(Trainer(model=model, args=args, train_dataset=_data(16)))
+        return float(trainer.train().training_loss)
+
+    # equal up to dropout noise; without the fix the accumulated loss is twice as large (~1.38 vs ~0.69)
+    assert loss_after_one_step(4, 2) == pytest.approx(loss_after_one_step(8, 1), rel=0.02)

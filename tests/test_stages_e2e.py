@@ -190,3 +190,13 @@ def test_random_pruning_differs_from_magnitude(workspace: Path) -> None:
             "encoder.layer.0.output.dense.weight"
         ]
     assert not torch.equal(runs["magnitude"] == 0, runs["random"] == 0)
+
+
+def test_evaluate_refuses_a_model_without_trained_head(
+    workspace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        main(["evaluate", "--model", str(workspace / "tiny-encoder"), "--task", str(workspace / "task.csv")])
+        == 2
+    )
+    assert "no trained classification head" in capsys.readouterr().err

@@ -26,13 +26,18 @@ StageConfig = PretrainConfig | FinetuneConfig
 
 def demo_plan(out: Path, quick: bool = False) -> list[tuple[str, StageConfig]]:
     """The stage configs of the demo, in order (`quick` shrinks everything for a smoke run)."""
-    mlm_steps, head_steps, ft_examples = (4, 2, 64) if quick else (150, 60, 6000)
+    mlm_steps, head_steps, ft_examples = (4, 2, 64) if quick else (120, 60, 6000)
     mlm = TrainConfig(max_steps=mlm_steps, batch_size=16, learning_rate=5e-5, logging_steps=10)
     prune = PruningConfig(
         method="magnitude", sparsity=SPARSITY, schedule="cubic", end_fraction=0.7, frequency=5
     )
     ft = TrainConfig(epochs=1, batch_size=32, learning_rate=1e-4, logging_steps=20, save_steps=100)
-    common = {"text": "wiki-sample", "block_size": 64, "max_train_blocks": 4000}
+    common = {
+        "text": "wiki-sample",
+        "block_size": 64,
+        "max_train_blocks": 4000,
+        "max_eval_blocks": 32 if quick else 256,
+    }
     head = PretrainConfig(
         model="minilm-l6",
         output_dir=out / "00-mlm-head",
@@ -84,7 +89,11 @@ def _run(config: StageConfig) -> dict[str, Any]:
 
 def run_demo(out: Path = Path("runs/demo"), quick: bool = False) -> dict[str, Any]:
     """Run (or resume) every step and write `comparison.json` + `comparison.md` into `out`."""
-    results = {name: _run(config) for name, config in demo_plan(out, quick)}
+    plan = demo_plan(out, quick)
+    results = {}
+    for i, (name, config) in enumerate(plan, 1):
+        print(f"[demo {i}/{len(plan)}] {name} -> {config.output_dir}", flush=True)
+        results[name] = _run(config)
     rows = []
     for name in ("dense", "sparse"):
         mlm, ft = results[f"mlm-{name}"], results[f"ft-{name}"]

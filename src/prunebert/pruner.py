@@ -5,7 +5,7 @@ Use it like an optimizer (`PruningCallback` does this for the HF Trainer):
     pruner = Pruner(model, PruningConfig(method="magnitude", sparsity=0.4))
     pruner.start(total_steps)                      # builds the schedule, masks gradients
     for step in range(total_steps):
-        loss.backward(); pruner.after_backward()
+        loss.backward(); pruner.after_backward()   # (after gradient clipping, if any)
         optimizer.step(); pruner.after_optimizer_step(optimizer, lr)
         pruner.update(step + 1, optimizer)         # new masks when the schedule says so
     pruner.bake()                                  # zeros stay in the weights; hooks removed
@@ -92,11 +92,7 @@ class Pruner:
         self.detach()
         for name, weight in self.weights().items():
             self.masks[name] = self.masks[name].to(weight.device)
-            self._hooks.append(weight.register_hook(lambda g, n=name, w=weight: self._on_grad(n, w, g)))
-
-    def _on_grad(self, name: str, weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        self.method.observe_gradient(name, weight, grad)
-        return grad * self.masks[name]
+            self._hooks.append(weight.register_hook(lambda g, n=name: g * self.masks[n]))
 
     def detach(self) -> None:
         """Remove the gradient hooks."""

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
 from prunebert.errors import PrunebertError
 
@@ -52,8 +53,14 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type[BaseModel], pr
             dest=f"{_PREFIX}{prefix}{name}",
             default=argparse.SUPPRESS,
             metavar="VALUE",
-            help=f"{field.description or ''} (default: {field.get_default(call_default_factory=True)!r})",
+            help=f"{field.description or ''} ({_default_text(field)})",
         )
+
+
+def _default_text(field: FieldInfo) -> str:
+    if field.is_required():
+        return "required"
+    return f"default: {field.get_default(call_default_factory=True)!r}"
 
 
 def load_recipe(path: Path) -> dict[str, Any]:

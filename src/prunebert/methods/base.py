@@ -58,11 +58,8 @@ class PruningMethod:
         """Masks chosen by the method itself (e.g. a score threshold); None = top-k at `sparsity`."""
         return None
 
-    def observe_gradient(self, name: str, weight: torch.Tensor, grad: torch.Tensor) -> None:
-        """Sees each raw (unmasked) gradient of a target as backward produces it, per micro-batch."""
-
     def after_backward(self, weights: Mapping[str, torch.Tensor]) -> None:
-        """Called once per optimizer step, after all micro-batches and gradient clipping."""
+        """Once per optimizer step, with final gradients (accumulated, all-reduced, unscaled, clipped)."""
 
     def after_optimizer_step(self, weights: Mapping[str, torch.Tensor], lr: float) -> None:
         """Called after each optimizer step, before masks are re-applied."""

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import torch
 import yaml
 from pydantic import Field
-from transformers import TrainingArguments
+from transformers import Trainer, TrainingArguments
 
 from prunebert.config import StrictModel
 from prunebert.errors import PrunebertError
@@ -22,6 +22,7 @@ __all__ = [
     "RESULTS_FILE",
     "RunDir",
     "TrainConfig",
+    "mean_loss_per_batch",
     "sparsity_report",
     "training_arguments",
 ]
@@ -74,6 +75,17 @@ def training_arguments(cfg: TrainConfig, output_dir: Path, seed: int) -> Trainin
         dataloader_num_workers=0,
         disable_tqdm=False,
     )
+
+
+def mean_loss_per_batch(trainer: Trainer) -> Trainer:
+    """Tell the Trainer our models return per-batch mean losses (BERT heads use plain CrossEntropyLoss).
+
+    transformers v5 infers from `forward(**kwargs)` that the model divides by `num_items_in_batch` itself
+    and then skips the division by `gradient_accumulation_steps`: the loss and gradients come out
+    `gradient_accumulation_steps` times too large. This restores the division.
+    """
+    trainer.model_accepts_loss_kwargs = False
+    return trainer
 
 
 class RunDir:

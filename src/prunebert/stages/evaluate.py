@@ -13,6 +13,7 @@ from transformers import DataCollatorWithPadding, Trainer
 
 from prunebert.config import StrictModel
 from prunebert.data import TaskData, load_task, tokenize_task
+from prunebert.errors import PrunebertError
 from prunebert.io import write_json
 from prunebert.metrics import compute_metrics
 from prunebert.models import load_model
@@ -69,6 +70,11 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         seed=cfg.seed,
     )
     loaded = load_model(cfg.model, head="classification", num_labels=task.num_labels)
+    if loaded.new_head:
+        raise PrunebertError(
+            f"model {cfg.model!r} has no trained classification head; fine-tune it first "
+            "(prunebert finetune) or pass a fine-tuned model directory"
+        )
     splits = tokenize_task(task, loaded.tokenizer, cfg.max_seq_length)
     args = training_arguments(TrainConfig(batch_size=cfg.batch_size), Path("/tmp/prunebert-eval"), cfg.seed)
     trainer = Trainer(model=loaded.model, args=args, data_collator=DataCollatorWithPadding(loaded.tokenizer))

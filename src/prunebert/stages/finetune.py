@@ -1,22 +1,40 @@
-"""`finetune`: task training with a transferred mask kept fixed, or with pruning during fine-tuning."""
+"""`finetune`: task training with a transferred mask kept fixed, or with pruning during fine-tuning.
+
+With `distill`, a fine-tuned teacher adds a distillation loss term; with `pruning` as well this is
+knowledge-aware sparse pruning (Xu et al. 2021). `teacher: auto` first fine-tunes a dense teacher.
+"""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
 
+import torch
+import yaml
 from pydantic import Field
-from transformers import DataCollatorWithPadding, Trainer
+from transformers import DataCollatorWithPadding, PreTrainedModel, Trainer, set_seed
 
 from prunebert.callback import PruningCallback
 from prunebert.config import PruningConfig
 from prunebert.data import load_task, tokenize_task
+from prunebert.distill import DistillationTrainer, DistillConfig, Distiller
+from prunebert.errors import PrunebertError
 from prunebert.models import load_model, save_pruned, transfer_pruner
-from prunebert.stages.common import RunDir, TrainConfig, sparsity_report, training_arguments
+from prunebert.stages.common import (
+    RECIPE_FILE,
+    RunDir,
+    TrainConfig,
+    mean_loss_per_batch,
+    sparsity_report,
+    training_arguments,
+)
 from prunebert.stages.evaluate import TaskSpec, evaluate_splits
 
-__all__ = ["FinetuneConfig", "run_finetune"]
+__all__ = ["FinetuneConfig", "auto_teacher", "check_teacher", "load_teacher", "run_finetune"]
+
+_FIX = "pass a fine-tuned model dir or prunebert run dir, or --distill.teacher auto"
 
 
 class FinetuneConfig(TaskSpec):
@@ -30,10 +48,76 @@ class FinetuneConfig(TaskSpec):
     pruning: PruningConfig | None = Field(
         None, description="omit to keep the checkpoint's masks fixed (transfer) or to train dense"
     )
+    distill: DistillConfig | None = Field(None, description="omit to train on the task loss alone")
+
+
+def check_teacher(spec: str) -> None:
+    """Fail fast, before any training, on a local teacher path that holds no fine-tuned classifier."""
+    path = Path(spec).expanduser()
+    local = path.is_absolute() or spec.startswith((".", "~")) or spec.count("/") > 1  # not a hub id
+    if not path.exists():
+        if local:
+            raise PrunebertError(f"teacher {spec} does not exist; {_FIX}")
+        return
+    config = next((p / "config.json" for p in (path / "model", path) if (p / "config.json").is_file()), None)
+    if config is None:
+        raise PrunebertError(f"teacher {spec} has no model; {_FIX}")
+    architectures = json.loads(config.read_text()).get("architectures") or []
+    if not any(a.endswith("ForSequenceClassification") for a in architectures):
+        raise PrunebertError(f"teacher {spec} has no trained classification head; {_FIX}")
+
+
+def load_teacher(spec: str, num_labels: int) -> tuple[PreTrainedModel, str]:
+    """A fine-tuned classifier with the task's labels, and the model directory it was read from."""
+    check_teacher(spec)
+    try:
+        loaded = load_model(spec, head="classification")
+    except PrunebertError as exc:  # keep its first clause (what is wrong), give the teacher's fix
+        raise PrunebertError(f"teacher: {str(exc).split(';')[0]}; {_FIX}") from None
+    if loaded.new_head:
+        raise PrunebertError(f"teacher {spec} has no trained classification head; {_FIX}")
+    if loaded.model.config.num_labels != num_labels:
+        labels = loaded.model.config.num_labels
+        raise PrunebertError(f"teacher {spec} has {labels} labels but the task has {num_labels}; {_FIX}")
+    return loaded.model, loaded.path
+
+
+def auto_teacher(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]:
+    """Fine-tune `cfg` without pruning or distillation into OUTPUT_DIR/teacher (reused once finished).
+
+    A checkpoint's transferred masks stay fixed in the teacher too, as in any `finetune` without `pruning`.
+    """
+    teacher_cfg = cfg.model_copy(
+        update={"output_dir": cfg.output_dir / "teacher", "pruning": None, "distill": None}
+    )
+    run = RunDir(teacher_cfg.output_dir)
+    saved = run.root / RECIPE_FILE
+    same = saved.is_file() and yaml.safe_load(saved.read_text()) == teacher_cfg.model_dump(mode="json")
+    if run.results.is_file() and same:
+        results: dict[str, Any] = json.loads(run.results.read_text())
+        return results
+    with torch.random.fork_rng():  # the student's new head starts as it would without a teacher run
+        return run_finetune(teacher_cfg, overwrite)
+
+
+def _distiller(
+    cfg: FinetuneConfig, distill: DistillConfig, num_labels: int, overwrite: bool
+) -> tuple[Distiller, dict[str, Any]]:
+    """The run's Distiller (fine-tuning an `auto` teacher first) and what results.json records of it."""
+    record: dict[str, Any] = distill.model_dump(mode="json")
+    spec = distill.teacher
+    if spec == "auto":
+        teacher_results = auto_teacher(cfg, overwrite)
+        spec = teacher_results["model_dir"]
+        record["teacher_metrics"] = teacher_results["metrics"]
+    teacher, path = load_teacher(spec, num_labels)
+    return Distiller(teacher, distill), {**record, "teacher": path}
 
 
 def run_finetune(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]:
     """Run the stage; returns (and writes) the results JSON."""
+    if cfg.distill is not None and cfg.distill.teacher != "auto":
+        check_teacher(cfg.distill.teacher)  # before the run directory records this recipe
     run = RunDir(cfg.output_dir)
     resume = run.prepare(cfg.model_dump(mode="json"), overwrite)
     task = load_task(
@@ -44,6 +128,10 @@ def run_finetune(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]
         seed=cfg.seed,
         max_train_examples=cfg.max_train_examples,
     )
+    distiller, distill = (
+        _distiller(cfg, cfg.distill, task.num_labels, overwrite) if cfg.distill else (None, None)
+    )
+    set_seed(cfg.seed)  # the new classification head's initialisation
     loaded = load_model(cfg.model, head="classification", num_labels=task.num_labels)
     model, tokenizer = loaded.model, loaded.tokenizer
     if task.label_names is not None:
@@ -51,13 +139,19 @@ def run_finetune(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]
         model.config.label2id = {name: i for i, name in enumerate(task.label_names)}
     splits = tokenize_task(task, tokenizer, cfg.max_seq_length)
     pruner = transfer_pruner(model, loaded.path, cfg.pruning)
-    trainer = Trainer(
-        model=model,
-        args=training_arguments(cfg.train, run.checkpoints, cfg.seed),
-        train_dataset=splits["train"],
-        data_collator=DataCollatorWithPadding(tokenizer),
-        callbacks=[PruningCallback(pruner)] if pruner is not None else [],
+    trainer_kwargs: dict[str, Any] = {
+        "model": model,
+        "args": training_arguments(cfg.train, run.checkpoints, cfg.seed),
+        "train_dataset": splits["train"],
+        "data_collator": DataCollatorWithPadding(tokenizer),
+        "callbacks": [PruningCallback(pruner)] if pruner is not None else [],
+    }
+    trainer = (
+        Trainer(**trainer_kwargs)
+        if distiller is None
+        else DistillationTrainer(**trainer_kwargs, distiller=distiller)
     )
+    mean_loss_per_batch(trainer)
     start = time.time()
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     runtime = time.time() - start
@@ -75,6 +169,7 @@ def run_finetune(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]
         "metrics": metrics,
         "sparsity": sparsity_report(pruner),
         "transferred_mask": pruner is not None and cfg.pruning is None,
+        "distill": distill,
         "train": {
             "steps": trainer.state.global_step,
             "runtime_s": runtime,

@@ -26,7 +26,13 @@ from prunebert.callback import PruningCallback
 from prunebert.config import PruningConfig, StrictModel
 from prunebert.data import build_mlm_datasets, load_text
 from prunebert.models import load_model, save_pruned, transfer_pruner
-from prunebert.stages.common import RunDir, TrainConfig, sparsity_report, training_arguments
+from prunebert.stages.common import (
+    RunDir,
+    TrainConfig,
+    mean_loss_per_batch,
+    sparsity_report,
+    training_arguments,
+)
 
 __all__ = ["PretrainConfig", "run_pretrain", "warm_up_head"]
 
@@ -79,7 +85,7 @@ def evaluate_mlm(trainer: Trainer, eval_set: Any) -> dict[str, float]:
 
 
 def _trainer(model: PreTrainedModel, args: Any, train_set: Any, collator: Any, callbacks: list) -> Trainer:
-    return Trainer(
+    trainer = Trainer(
         model=model,
         args=args,
         train_dataset=train_set,
@@ -88,6 +94,7 @@ def _trainer(model: PreTrainedModel, args: Any, train_set: Any, collator: Any, c
         compute_metrics=masked_token_accuracy,
         preprocess_logits_for_metrics=_argmax,
     )
+    return mean_loss_per_batch(trainer)
 
 
 def warm_up_head(

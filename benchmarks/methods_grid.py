@@ -1,0 +1,137 @@
+"""Seed methods x sparsities on the embedded default: test accuracy and its ratio to dense, one resumable run.
+
+Every cell is an ordinary `prunebert finetune` run (minilm-l6 on rotten-tomatoes, fixed split and seeds)
+in its own directory under --runs; a cell whose results.json exists is not re-run, and an interrupted
+cell resumes from its last checkpoint. The JSON table is rewritten after every cell, so a partial grid
+is still a valid (partial) result. The dense cell is also the teacher of the +KD methods.
+
+    .venv/bin/python benchmarks/methods_grid.py                      # the whole grid (hours on 2 cores)
+    .venv/bin/python benchmarks/methods_grid.py --methods magnitude --sparsities 0.9
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from prunebert.stages.common import environment
+from prunebert.stages.finetune import FinetuneConfig, run_finetune
+
+ROOT = Path(__file__).resolve().parent
+METHODS: dict[str, dict[str, Any]] = {
+    "magnitude": {"pruning": {"method": "magnitude"}},
+    "nip": {"pruning": {"method": "nip"}},
+    "rpp": {"pruning": {"method": "rpp"}},
+    "movement": {"pruning": {"method": "movement"}},
+    "soft_movement": {"pruning": {"method": "soft_movement"}},
+    "magnitude+kd": {"pruning": {"method": "magnitude"}, "kd": True},
+    "movement+kd": {"pruning": {"method": "movement"}, "kd": True},
+}
+SPARSITIES = (0.9, 0.95, 0.8, 0.5)
+
+
+def base_recipe(args: argparse.Namespace) -> dict[str, Any]:
+    """The fine-tuning settings every cell shares."""
+    return {
+        "model": "minilm-l6",
+        "task": "rotten-tomatoes",
+        "seed": 0,
+        "max_seq_length": 64,
+        "max_train_examples": args.max_train_examples,
+        "train": {
+            "epochs": args.epochs,
+            "batch_size": 32,
+            "learning_rate": args.learning_rate,
+            "logging_steps": 25,
+            "save_steps": 100,
+        },
+    }
+
+
+def cell_recipe(args: argparse.Namespace, method: str, sparsity: float, teacher: Path) -> dict[str, Any]:
+    """Recipe of one pruned cell."""
+    spec = METHODS[method]
+    recipe = base_recipe(args)
+    recipe["pruning"] = {**spec["pruning"], "sparsity": sparsity}
+    if spec.get("kd"):
+        recipe["distill"] = {"teacher": str(teacher)}
+    recipe["output_dir"] = str(args.runs / f"{method}-{round(sparsity * 100)}")
+    return recipe
+
+
+def run_cell(recipe: dict[str, Any]) -> dict[str, Any]:
+    """Run a cell (or read its finished results)."""
+    done = Path(recipe["output_dir"]) / "results.json"
+    if done.is_file():
+        return dict(json.loads(done.read_text()))
+    return run_finetune(FinetuneConfig.model_validate(recipe))
+
+
+def summarise(result: dict[str, Any], dense_test: float | None) -> dict[str, Any]:
+    """The row of the table for one finished cell."""
+    test = result["metrics"]["test"]["accuracy"]
+    return {
+        "test_accuracy": test,
+        "dev_accuracy": result["metrics"]["dev"]["accuracy"],
+        "ratio_to_dense": test / dense_test if dense_test else 1.0,
+        "achieved_sparsity": result["sparsity"]["overall"],
+        "train_loss": result["train"]["train_loss"],
+        "steps": result["train"]["steps"],
+        "runtime_s": result["train"]["runtime_s"],
+    }
+
+
+def write_table(args: argparse.Namespace, rows: list[dict[str, Any]], started: float) -> None:
+    """Rewrite the JSON table with every finished cell so far."""
+    table = {
+        "benchmark": "methods_grid",
+        "command": " ".join(shlex.quote(a) for a in sys.argv),
+        "settings": base_recipe(args),
+        "cells": rows,
+        "complete": len(rows) == 1 + len(args.methods) * len(args.sparsities),
+        "elapsed_s": time.time() - started,
+        "environment": environment(),
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(table, indent=2) + "\n")
+
+
+def main() -> None:
+    """Run the grid, dense first."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--sparsities", nargs="+", type=float, default=list(SPARSITIES))
+    parser.add_argument("--max-train-examples", type=int, default=None, help="subsample train (default all)")
+    parser.add_argument("--epochs", type=float, default=2.0)
+    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "methods_grid")
+    parser.add_argument("--output", type=Path, default=ROOT / "results" / "methods_grid.json")
+    args = parser.parse_args()
+    started = time.time()
+    dense_recipe = {**base_recipe(args), "output_dir": str(args.runs / "dense")}
+    dense = run_cell(dense_recipe)
+    dense_test = float(dense["metrics"]["test"]["accuracy"])
+    rows = [{"method": "dense", "sparsity": 0.0, **summarise(dense, dense_test)}]
+    write_table(args, rows, started)
+    for sparsity in args.sparsities:
+        for method in args.methods:
+            recipe = cell_recipe(args, method, sparsity, Path(dense_recipe["output_dir"]))
+            print(f"[grid] {method} @ {sparsity:.0%} -> {recipe['output_dir']}", flush=True)
+            rows.append({"method": method, "sparsity": sparsity, **summarise(run_cell(recipe), dense_test)})
+            write_table(args, rows, started)
+    for row in rows:
+        print(
+            f"{row['method']:>14} {row['sparsity']:>5.0%}  test {row['test_accuracy']:.4f}  "
+            f"ratio {row['ratio_to_dense']:.4f}  sparsity {row['achieved_sparsity']:.4f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""RPP (Guo et al. 2019) and its NIP baseline: exact proximal maths, lifecycle, and a stock Trainer run."""
+
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import Trainer, TrainingArguments
+
+from prunebert import PruningCallback, PruningConfig
+from prunebert.errors import PrunebertError
+from prunebert.methods.nip import IterativeMagnitudePruning
+from prunebert.methods.rpp import ReweightedProximalPruning, RPPOptions, proximal_l1, reweight
+from prunebert.pruner import Pruner
+from prunebert.schedules import Iterative, OneShot
+from tiny import tiny_classifier
+
+
+def _rpp(lam: float = 0.5, eps: float = 0.25, every: int = 1) -> ReweightedProximalPruning:
+    return ReweightedProximalPruning(RPPOptions(lam=lam, eps=eps, reweight_every=every))
+
+
+# -- pure functions ------------------------------------------------------------------------------------
+def test_proximal_l1_soft_thresholds_each_entry_by_its_own_threshold() -> None:
+    w = torch.tensor([[0.5, -0.5, 0.125], [-0.125, 0.0, 2.0]])
+    threshold = torch.tensor([[0.25, 0.25, 0.25], [0.125, 0.5, 0.0]])
+    out = proximal_l1(w, threshold)
+    assert torch.equal(out, torch.tensor([[0.25, -0.25, 0.0], [0.0, 0.0, 2.0]]))
+    assert (out[w != 0].sign() * w[w != 0].sign() >= 0).all()  # never flips a sign
+
+
+def test_reweight_is_inverse_magnitude_plus_eps() -> None:
+    w = torch.tensor([0.75, -0.25, 0.0, 3.75])
+    assert torch.equal(reweight(w, eps=0.25), torch.tensor([1.0, 2.0, 4.0, 0.25]))
+
+
+# -- the method's lifecycle ------------------------------------------------------------------------
+def test_one_proximal_step_uses_lr_lam_gamma() -> None:
+    w, method = torch.tensor([0.75, -0.25, 0.125, -1.75]), _rpp(lam=0.5, eps=0.25)
+    method.after_optimizer_step({"w": w}, lr=0.1)
+    # thresholds 0.1 * 0.5 / (|w| + 0.25) = [0.05, 0.1, 0.1333, 0.025]
+    torch.testing.assert_close(w, torch.tensor([0.70, -0.15, 0.0, -1.725]))
+    assert w[2].item() == 0.0
+    assert set(method.state_dict()) == {"calls", "proximal"}  # gamma is recomputed every step: not kept
+
+
+def test_gamma_is_refreshed_only_every_reweight_every_steps() -> None:
+    method, w = _rpp(every=2), torch.tensor([0.75, -1.75])
+    seen = [w.clone()]
+    for _ in range(3):
+        method.after_optimizer_step({"w": w}, lr=0.1)
+        seen.append(w.clone())
+    first, second, third = (seen[i] - seen[i + 1] for i in range(3))
+    torch.testing.assert_close(first, 0.05 * torch.sign(seen[0]) / (seen[0].abs() + 0.25))
+    torch.testing.assert_close(second, first)  # gamma of step 1 reused at step 2
+    torch.testing.assert_close(third, 0.05 * torch.sign(seen[2]) / (seen[2].abs() + 0.25))  # refreshed
+
+
+def test_no_proximal_step_after_the_final_hard_prune() -> None:
+    method, w = _rpp(), torch.tensor([0.75, -0.25])
+    method.after_optimizer_step({"w": w}, lr=0.1)
+    method.on_masks_updated(0.25, final=False)  # an intermediate mask update keeps the phase going
+    assert method.proximal and "rpp_zero_fraction" in method.log_metrics()
+    method.on_masks_updated(0.5, final=True)
+    before = w.clone()
+    for _ in range(3):
+        method.after_optimizer_step({"w": w}, lr=0.1)
+    assert torch.equal(w, before) and method.log_metrics() == {} and method.state_dict()["proximal"] == 0
+
+
+@pytest.mark.parametrize("final", [False, True])
+def test_state_dict_round_trip_continues_identically(tmp_path: Path, final: bool) -> None:
+    original, w = _rpp(every=2), torch.tensor([0.75, -1.75, 0.3, -0.05])
+    for _ in range(3):  # stop mid-period, so the stale gamma must come from the state
+        original.after_optimizer_step({"w": w}, lr=0.1)
+    original.on_masks_updated(0.5, final=final)
+    state = original.state_dict()
+    assert ("gamma.w" in state) == (not final)  # the stale gamma is needed until the hard prune
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "s.safetensors"))
+    resumed = _rpp(every=2)
+    resumed.load_state_dict(load_file(str(tmp_path / "s.safetensors")))
+    w2 = w.clone()
+    for _ in range(3):
+        original.after_optimizer_step({"w": w}, lr=0.1)
+        resumed.after_optimizer_step({"w": w2}, lr=0.1)
+        assert torch.equal(w, w2)
+    assert resumed.calls == original.calls and resumed.proximal == original.proximal == (not final)
+
+
+# -- options and per-method defaults ---------------------------------------------------------------
+@pytest.mark.parametrize(
+    "options,match",
+    [
+        ({"lam": -1}, "lam must be"),
+        ({"lam": "abc"}, "lam must be"),
+        ({"eps": 0}, "eps must be"),
+        ({"reweight_every": 0}, "reweight_every must be"),
+        ({"reweight_every": 1.5}, "reweight_every must be"),
+        ({"lambda": 0.1}, "unknown option"),
+    ],
+)
+def test_bad_options_are_one_line_errors(options: dict, match: str) -> None:
+    with pytest.raises(PrunebertError, match=match) as info:
+        PruningConfig(method="rpp", options=options)
+    assert "\n" not in str(info.value)
+
+
+def test_yaml_style_string_numbers_are_read() -> None:
+    pruner = Pruner(tiny_classifier(), PruningConfig(method="rpp", options={"lam": "1e-3"}))
+    assert isinstance(pruner.method, ReweightedProximalPruning) and pruner.method.opts.lam == 1e-3
+
+
+def test_method_defaults_pick_their_schedules() -> None:
+    rpp = PruningConfig(method="rpp", sparsity=0.5)
+    assert (rpp.schedule, rpp.start_fraction) == ("oneshot", 0.7)
+    pruner = Pruner(tiny_classifier(), rpp)
+    pruner.start(100)
+    assert pruner.schedule == OneShot(0.5, 70)
+    assert PruningConfig(method="rpp", start_fraction=0.5).start_fraction == 0.5  # a recipe overrides
+    nip = PruningConfig(method="nip")
+    assert (nip.schedule, nip.iterations, nip.end_fraction) == ("iterative", 5, 0.8)
+
+
+def test_nip_masks_are_nested_and_reach_the_target() -> None:
+    model = tiny_classifier()
+    pruner = Pruner(model, PruningConfig(method="nip", sparsity=0.5))
+    assert isinstance(pruner.method, IterativeMagnitudePruning)
+    pruner.start(25)
+    assert pruner.schedule == Iterative(0.5, 0, 20, 5)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    batch = {"input_ids": torch.randint(5, 128, (4, 12)), "labels": torch.tensor([0, 1, 1, 0])}
+    previous = {n: m.clone() for n, m in pruner.masks.items()}
+    for step in range(25):
+        pruner.update(step, opt)
+        assert all(bool((pruner.masks[n] <= previous[n]).all()) for n in previous)  # nested
+        previous = {n: m.clone() for n, m in pruner.masks.items()}
+        model(**batch).loss.backward()  # retraining between rounds
+        opt.step()
+        pruner.after_optimizer_step(opt)
+        opt.zero_grad()
+    assert pruner.history == [(s, pytest.approx(0.1 * (i + 1))) for i, s in enumerate((0, 4, 8, 12, 16))]
+    assert pruner.module_sparsity() == {n: pytest.approx(0.5, abs=1e-3) for n in pruner.masks}
+
+
+# -- a stock Trainer ---------------------------------------------------------------------------------
+def _data(n: int = 64) -> datasets.Dataset:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 128, (n, 10), generator=g)
+    return datasets.Dataset.from_dict({"input_ids": ids.tolist(), "labels": (ids[:, 0] % 2).tolist()})
+
+
+def test_trainer_logs_growing_zero_fraction_then_hard_prunes_to_target(tmp_path: Path) -> None:
+    model = tiny_classifier()
+    pruner = Pruner(model, PruningConfig(method="rpp", sparsity=0.5, options={"lam": 1e-3}))
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=20,
+        per_device_train_batch_size=8,
+        learning_rate=5e-3,
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        logging_steps=2,
+        save_strategy="no",
+        disable_tqdm=True,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=_data(), callbacks=[PruningCallback(pruner)])
+    trainer.train()
+    zeros = [log["rpp_zero_fraction"] for log in trainer.state.log_history if "rpp_zero_fraction" in log]
+    assert len(zeros) == 6 and 0.0 < zeros[0] < zeros[-1]  # logged at steps 2..12, before the hard prune
+    assert pruner.history == [(14, 0.5)] and pruner.method.calls == 14  # no proximal step after it
+    assert pruner.module_sparsity() == {n: pytest.approx(0.5, abs=0.005) for n in pruner.masks}
+    for name, weight in pruner.weights().items():
+        assert bool((weight[~pruner.masks[name]] == 0).all())
