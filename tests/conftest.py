@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import BertTokenizerFast, PreTrainedTokenizerBase
 
 TINY_WORDS = [
@@ -43,3 +44,9 @@ def tiny_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> PreTrainedTokeni
     (directory / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     # from_pretrained(dir) reads vocab.txt in transformers 4 and 5 alike (v5 ignores a `vocab_file=` kwarg)
     return BertTokenizerFast.from_pretrained(str(directory))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread() -> None:
+    """Tiny models run fastest, and with stable timings, on one thread (no OpenMP contention)."""
+    torch.set_num_threads(1)

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import AutoModel
 
 from prunebert.cli import main
@@ -12,6 +13,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_minilm_pretrain_prune_then_transfer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    torch.set_num_threads(2)  # a real model: use both cores (conftest sets 1 for tiny models)
     pre, ft = tmp_path / "pre", tmp_path / "ft"
     small = ["--train.batch_size", "8", "--train.save_steps", "100"]
     assert (

@@ -106,3 +106,8 @@ def test_committed_recipes_are_valid(name: str, cls: type) -> None:
     path = Path(__file__).parents[1] / "recipes" / f"{name}.yaml"
     cfg = validate_recipe(cls, load_recipe(path))
     assert validate_recipe(cls, load_recipe(path)) == cfg
+
+
+def test_oneshot_ignores_the_cubic_window() -> None:
+    cfg = validate_recipe(PretrainConfig, {"pruning": {"method": "rpp", "start_fraction": 0.8}})
+    assert cfg.pruning is not None and cfg.pruning.schedule == "oneshot" and cfg.pruning.start_fraction == 0.8

@@ -65,7 +65,7 @@ class PruningConfig(StrictModel):
 
     @model_validator(mode="after")
     def _window(self) -> PruningConfig:
-        if self.end_fraction < self.start_fraction:
+        if self.schedule in ("cubic", "iterative") and self.end_fraction < self.start_fraction:
             raise ValueError(
                 f"end_fraction {self.end_fraction} is before start_fraction {self.start_fraction}; swap them"
             )
