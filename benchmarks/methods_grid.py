@@ -101,6 +101,16 @@ def write_table(args: argparse.Namespace, rows: list[dict[str, Any]], started: f
     args.output.write_text(json.dumps(table, indent=2) + "\n")
 
 
+def committed_rows(args: argparse.Namespace) -> dict[tuple[str, float], dict[str, Any]]:
+    """Cells already in the output JSON with the same settings: a fresh clone does not re-run them."""
+    if not args.output.is_file():
+        return {}
+    table = json.loads(args.output.read_text())
+    if table.get("settings") != base_recipe(args):
+        return {}
+    return {(row["method"], float(row["sparsity"])): row for row in table["cells"]}
+
+
 def main() -> None:
     """Run the grid, dense first."""
     parser = argparse.ArgumentParser(
@@ -115,13 +125,23 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=ROOT / "results" / "methods_grid.json")
     args = parser.parse_args()
     started = time.time()
+    known = committed_rows(args)
     dense_recipe = {**base_recipe(args), "output_dir": str(args.runs / "dense")}
-    dense = run_cell(dense_recipe)
-    dense_test = float(dense["metrics"]["test"]["accuracy"])
-    rows = [{"method": "dense", "sparsity": 0.0, **summarise(dense, dense_test)}]
+    needs_teacher = any(
+        METHODS[m].get("kd") and (m, s) not in known for m in args.methods for s in args.sparsities
+    )
+    if ("dense", 0.0) in known and not needs_teacher:
+        rows = [known[("dense", 0.0)]]
+    else:
+        dense = run_cell(dense_recipe)
+        rows = [{"method": "dense", "sparsity": 0.0, **summarise(dense, None)}]
+    dense_test = float(rows[0]["test_accuracy"])
     write_table(args, rows, started)
     for sparsity in args.sparsities:
         for method in args.methods:
+            if (method, sparsity) in known:
+                rows.append(known[(method, sparsity)])
+                continue
             recipe = cell_recipe(args, method, sparsity, Path(dense_recipe["output_dir"]))
             print(f"[grid] {method} @ {sparsity:.0%} -> {recipe['output_dir']}", flush=True)
             rows.append({"method": method, "sparsity": sparsity, **summarise(run_cell(recipe), dense_test)})

@@ -2,39 +2,14 @@
 
 from pathlib import Path
 
-import datasets
 import pytest
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback
 
 from prunebert import PruningCallback, PruningConfig
 from prunebert.masks import MASKS_FILE
 from prunebert.pruner import Pruner
-from tiny import tiny_classifier
-
-
-def _data(n: int = 64) -> datasets.Dataset:
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(5, 128, (n, 10), generator=g)
-    return datasets.Dataset.from_dict({"input_ids": ids.tolist(), "labels": (ids[:, 0] % 2).tolist()})
-
-
-def _args(out: Path, steps: int, **kw: object) -> TrainingArguments:
-    return TrainingArguments(
-        output_dir=str(out),
-        max_steps=steps,
-        per_device_train_batch_size=8,
-        learning_rate=5e-3,
-        weight_decay=0.1,
-        report_to=[],
-        use_cpu=True,
-        seed=0,
-        logging_steps=2,
-        save_strategy="steps",
-        save_steps=4,
-        disable_tqdm=True,
-        **kw,
-    )
+from tiny import StopAt, tiny_classifier, tiny_dataset, tiny_training_args
 
 
 def _train(out: Path, steps: int, stop_at: int | None = None, resume: str | None = None, **kw: object):
@@ -42,19 +17,11 @@ def _train(out: Path, steps: int, stop_at: int | None = None, resume: str | None
     pruner = Pruner(model, PruningConfig(sparsity=0.5, schedule="cubic", end_fraction=0.75, frequency=2))
     callbacks: list[TrainerCallback] = [PruningCallback(pruner)]
     if stop_at is not None:
-        callbacks.append(_StopAt(stop_at))
-    trainer = Trainer(model=model, args=_args(out, steps, **kw), train_dataset=_data(), callbacks=callbacks)
+        callbacks.append(StopAt(stop_at))
+    args = tiny_training_args(out, steps, **kw)
+    trainer = Trainer(model=model, args=args, train_dataset=tiny_dataset(), callbacks=callbacks)
     trainer.train(resume_from_checkpoint=resume)
     return model, pruner, trainer
-
-
-class _StopAt(TrainerCallback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= self.step:
-            control.should_training_stop = True
 
 
 def test_trainer_reaches_target_with_exact_zeros(tmp_path: Path) -> None:
@@ -82,9 +49,11 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path: Path) -> None:
 
     def loss_after_one_step(batch: int, accumulate: int) -> float:
         model = tiny_classifier()
-        args = _args(tmp_path / f"{batch}-{accumulate}", 1, gradient_accumulation_steps=accumulate)
+        args = tiny_training_args(
+            tmp_path / f"{batch}-{accumulate}", 1, gradient_accumulation_steps=accumulate
+        )
         args.per_device_train_batch_size = batch
-        trainer = mean_loss_per_batch(Trainer(model=model, args=args, train_dataset=_data(16)))
+        trainer = mean_loss_per_batch(Trainer(model=model, args=args, train_dataset=tiny_dataset(16)))
         return float(trainer.train().training_loss)
 
     # equal up to dropout noise; without the fix the accumulated loss is twice as large (~1.38 vs ~0.69)

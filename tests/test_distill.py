@@ -5,10 +5,9 @@ import math
 import random
 from pathlib import Path
 
-import datasets
 import pytest
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from conftest import TINY_WORDS
 from prunebert.cli import main
@@ -24,7 +23,7 @@ from prunebert.distill import (
 from prunebert.errors import PrunebertError
 from prunebert.recipes import dump_recipe, load_recipe, validate_recipe
 from prunebert.stages.finetune import FinetuneConfig, auto_teacher
-from tiny import tiny_classifier, tiny_mlm
+from tiny import tiny_classifier, tiny_dataset, tiny_mlm, tiny_training_args
 
 FAST = ["--train.batch_size", "4", "--train.logging_steps", "2", "--train.save_steps", "100"]
 
@@ -145,12 +144,6 @@ def test_every_term_is_zero_between_identical_models(model_type: str) -> None:
 # ---- the Trainer subclass on tiny models -----------------------------------------------------------
 
 
-def _data(n: int = 32) -> datasets.Dataset:
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(5, 128, (n, 10), generator=g)
-    return datasets.Dataset.from_dict({"input_ids": ids.tolist(), "labels": (ids[:, 0] % 2).tolist()})
-
-
 def _no_dropout(model: PreTrainedModel) -> PreTrainedModel:
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
@@ -159,21 +152,18 @@ def _no_dropout(model: PreTrainedModel) -> PreTrainedModel:
 
 
 def _trainer(tmp_path: Path, config: DistillConfig, steps: int = 4) -> DistillationTrainer:
-    args = TrainingArguments(
-        output_dir=str(tmp_path),
-        max_steps=steps,
-        per_device_train_batch_size=8,
+    args = tiny_training_args(
+        tmp_path,
+        steps,
         learning_rate=1e-3,
-        report_to=[],
-        use_cpu=True,
-        seed=0,
+        weight_decay=0.0,
         logging_steps=1,
         save_strategy="no",
-        disable_tqdm=True,
+        save_steps=500,
     )
     student, teacher = _no_dropout(tiny_classifier(seed=0)), tiny_classifier(seed=0)
     distiller = Distiller(teacher, config)
-    return DistillationTrainer(model=student, args=args, train_dataset=_data(), distiller=distiller)
+    return DistillationTrainer(model=student, args=args, train_dataset=tiny_dataset(32), distiller=distiller)
 
 
 def _batch(trainer: DistillationTrainer) -> dict[str, torch.Tensor]:

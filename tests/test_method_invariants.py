@@ -14,8 +14,7 @@ from transformers import AutoModelForSequenceClassification, PreTrainedTokenizer
 from prunebert import PruningCallback, PruningConfig, available_methods
 from prunebert.models import save_pruned
 from prunebert.pruner import Pruner
-from test_callback import _args, _data, _StopAt
-from tiny import tiny_classifier
+from tiny import StopAt, tiny_classifier, tiny_dataset, tiny_training_args
 
 STEPS = 16
 SPARSITY = 0.6
@@ -24,8 +23,9 @@ SPARSITY = 0.6
 def _run(out: Path, method: str, stop_at: int | None = None, resume: bool = False) -> tuple[Pruner, Trainer]:
     model = tiny_classifier()
     pruner = Pruner(model, PruningConfig(method=method, sparsity=SPARSITY, frequency=2))
-    callbacks = [PruningCallback(pruner), *([_StopAt(stop_at)] if stop_at else [])]
-    trainer = Trainer(model=model, args=_args(out, STEPS), train_dataset=_data(), callbacks=callbacks)
+    callbacks = [PruningCallback(pruner), *([StopAt(stop_at)] if stop_at else [])]
+    args = tiny_training_args(out, STEPS)
+    trainer = Trainer(model=model, args=args, train_dataset=tiny_dataset(), callbacks=callbacks)
     trainer.train(resume_from_checkpoint=str(out / "checkpoint-8") if resume else None)
     return pruner, trainer
 

@@ -4,11 +4,10 @@ import copy
 import math
 from pathlib import Path
 
-import datasets
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback
 
 from prunebert import PruningCallback
 from prunebert.config import PruningConfig
@@ -22,7 +21,7 @@ from prunebert.methods.movement import (
     threshold_masks,
 )
 from prunebert.pruner import METHOD_STATE_FILE, Pruner
-from tiny import tiny_classifier
+from tiny import StopAt, tiny_classifier, tiny_dataset, tiny_training_args
 
 BATCH = {
     "input_ids": torch.randint(5, 128, (4, 12), generator=torch.Generator().manual_seed(0)),
@@ -172,40 +171,15 @@ def test_option_defaults_and_int_coercion() -> None:
 
 
 # -- stock HF Trainer + callback: checkpoints carry the scores -----------------------------------------
-def _data(n: int = 64) -> datasets.Dataset:
-    ids = torch.randint(5, 128, (n, 10), generator=torch.Generator().manual_seed(0))
-    return datasets.Dataset.from_dict({"input_ids": ids.tolist(), "labels": (ids[:, 0] % 2).tolist()})
-
-
-class _StopAt(TrainerCallback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= self.step:
-            control.should_training_stop = True
-
-
 def _train(out: Path, method: str, stop_at: int | None = None, resume: str | None = None) -> Pruner:
     model = tiny_classifier()
     config = PruningConfig(method=method, sparsity=0.5, end_fraction=0.75, frequency=2)
     pruner = Pruner(model, config)
     callbacks: list[TrainerCallback] = [PruningCallback(pruner)]
     if stop_at is not None:
-        callbacks.append(_StopAt(stop_at))
-    args = TrainingArguments(
-        output_dir=str(out),
-        max_steps=8,
-        per_device_train_batch_size=8,
-        learning_rate=5e-3,
-        report_to=[],
-        use_cpu=True,
-        seed=0,
-        save_strategy="steps",
-        save_steps=4,
-        disable_tqdm=True,
-    )
-    Trainer(model=model, args=args, train_dataset=_data(), callbacks=callbacks).train(
+        callbacks.append(StopAt(stop_at))
+    args = tiny_training_args(out, 8, weight_decay=0.0, logging_steps=500)
+    Trainer(model=model, args=args, train_dataset=tiny_dataset(), callbacks=callbacks).train(
         resume_from_checkpoint=resume
     )
     return pruner

@@ -2,11 +2,10 @@
 
 from pathlib import Path
 
-import datasets
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer
 
 from prunebert import PruningCallback, PruningConfig
 from prunebert.errors import PrunebertError
@@ -14,7 +13,7 @@ from prunebert.methods.nip import IterativeMagnitudePruning
 from prunebert.methods.rpp import ReweightedProximalPruning, RPPOptions, proximal_l1, reweight
 from prunebert.pruner import Pruner
 from prunebert.schedules import Iterative, OneShot
-from tiny import tiny_classifier
+from tiny import tiny_classifier, tiny_dataset, tiny_training_args
 
 
 def _rpp(lam: float = 0.5, eps: float = 0.25, every: int = 1) -> ReweightedProximalPruning:
@@ -144,28 +143,13 @@ def test_nip_masks_are_nested_and_reach_the_target() -> None:
 
 
 # -- a stock Trainer ---------------------------------------------------------------------------------
-def _data(n: int = 64) -> datasets.Dataset:
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(5, 128, (n, 10), generator=g)
-    return datasets.Dataset.from_dict({"input_ids": ids.tolist(), "labels": (ids[:, 0] % 2).tolist()})
-
-
 def test_trainer_logs_growing_zero_fraction_then_hard_prunes_to_target(tmp_path: Path) -> None:
     model = tiny_classifier()
     pruner = Pruner(model, PruningConfig(method="rpp", sparsity=0.5, options={"lam": 1e-3}))
-    args = TrainingArguments(
-        output_dir=str(tmp_path),
-        max_steps=20,
-        per_device_train_batch_size=8,
-        learning_rate=5e-3,
-        report_to=[],
-        use_cpu=True,
-        seed=0,
-        logging_steps=2,
-        save_strategy="no",
-        disable_tqdm=True,
+    args = tiny_training_args(tmp_path, 20, weight_decay=0.0, save_strategy="no", save_steps=500)
+    trainer = Trainer(
+        model=model, args=args, train_dataset=tiny_dataset(), callbacks=[PruningCallback(pruner)]
     )
-    trainer = Trainer(model=model, args=args, train_dataset=_data(), callbacks=[PruningCallback(pruner)])
     trainer.train()
     zeros = [log["rpp_zero_fraction"] for log in trainer.state.log_history if "rpp_zero_fraction" in log]
     assert len(zeros) == 6 and 0.0 < zeros[0] < zeros[-1]  # logged at steps 2..12, before the hard prune

@@ -1,7 +1,13 @@
-"""Tiny randomly initialised encoders built from configs: the models of the unit tests (never downloaded)."""
+"""Tiny randomly initialised encoders built from configs: the models of the unit tests (never downloaded).
+
+Also the pieces of a tiny Trainer run: a synthetic dataset, short CPU training arguments, a stop callback.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import datasets
 import torch
 from transformers import (
     AutoConfig,
@@ -9,6 +15,8 @@ from transformers import (
     AutoModelForSequenceClassification,
     PretrainedConfig,
     PreTrainedModel,
+    TrainerCallback,
+    TrainingArguments,
 )
 
 SIZES = {"hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 64, "num_hidden_layers": 2}
@@ -34,3 +42,41 @@ def tiny_mlm(model_type: str = "bert", seed: int = 0) -> PreTrainedModel:
     """A tiny masked-LM with seeded random weights."""
     torch.manual_seed(seed)
     return AutoModelForMaskedLM.from_config(tiny_config(model_type))
+
+
+def tiny_dataset(n: int = 64, seed: int = 0) -> datasets.Dataset:
+    """`n` rows of 10 seeded random token ids; the label is the parity of the first id."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 128, (n, 10), generator=g)
+    return datasets.Dataset.from_dict({"input_ids": ids.tolist(), "labels": (ids[:, 0] % 2).tolist()})
+
+
+def tiny_training_args(out: Path, steps: int, **overrides: object) -> TrainingArguments:
+    """Quiet, seeded CPU arguments for `steps` steps of batch 8; `overrides` replace any default."""
+    kwargs: dict[str, object] = {
+        "output_dir": str(out),
+        "max_steps": steps,
+        "per_device_train_batch_size": 8,
+        "learning_rate": 5e-3,
+        "weight_decay": 0.1,
+        "report_to": [],
+        "use_cpu": True,
+        "seed": 0,
+        "logging_steps": 2,
+        "save_strategy": "steps",
+        "save_steps": 4,
+        "disable_tqdm": True,
+        **overrides,
+    }
+    return TrainingArguments(**kwargs)
+
+
+class StopAt(TrainerCallback):
+    """Stops training once `global_step` reaches `step` (to cut a run at a checkpoint)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True

@@ -35,6 +35,17 @@ class TaskSpec(StrictModel):
     label_column: str = Field("label", description="column holding the label")
     max_seq_length: int = Field(128, ge=8, le=512, description="tokens per example (longer are truncated)")
 
+    def load(self, seed: int, max_train_examples: int | None = None) -> TaskData:
+        """The task this spec names, split with `seed` (train optionally subsampled)."""
+        return load_task(
+            self.task,
+            text_column=self.text_column,
+            text_pair_column=self.text_pair_column,
+            label_column=self.label_column,
+            seed=seed,
+            max_train_examples=max_train_examples,
+        )
+
 
 class EvaluateConfig(TaskSpec):
     """Recipe of the `evaluate` stage."""
@@ -62,13 +73,7 @@ def evaluate_splits(
 
 def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     """Score a fine-tuned model; returns (and, with `output`, writes) the results JSON."""
-    task = load_task(
-        cfg.task,
-        text_column=cfg.text_column,
-        text_pair_column=cfg.text_pair_column,
-        label_column=cfg.label_column,
-        seed=cfg.seed,
-    )
+    task = cfg.load(cfg.seed)
     loaded = load_model(cfg.model, head="classification", num_labels=task.num_labels)
     if loaded.new_head:
         raise PrunebertError(

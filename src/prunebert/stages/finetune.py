@@ -18,7 +18,7 @@ from transformers import DataCollatorWithPadding, PreTrainedModel, Trainer, set_
 
 from prunebert.callback import PruningCallback
 from prunebert.config import PruningConfig
-from prunebert.data import load_task, tokenize_task
+from prunebert.data import tokenize_task
 from prunebert.distill import DistillationTrainer, DistillConfig, Distiller
 from prunebert.errors import PrunebertError
 from prunebert.models import load_model, save_pruned, transfer_pruner
@@ -120,14 +120,7 @@ def run_finetune(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]
         check_teacher(cfg.distill.teacher)  # before the run directory records this recipe
     run = RunDir(cfg.output_dir)
     resume = run.prepare(cfg.model_dump(mode="json"), overwrite)
-    task = load_task(
-        cfg.task,
-        text_column=cfg.text_column,
-        text_pair_column=cfg.text_pair_column,
-        label_column=cfg.label_column,
-        seed=cfg.seed,
-        max_train_examples=cfg.max_train_examples,
-    )
+    task = cfg.load(cfg.seed, cfg.max_train_examples)
     distiller, distill = (
         _distiller(cfg, cfg.distill, task.num_labels, overwrite) if cfg.distill else (None, None)
     )
