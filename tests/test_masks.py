@@ -58,3 +58,8 @@ def test_mask_file_round_trip_and_damage(tmp_path: Path) -> None:
     (tmp_path / "bad.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(PrunebertError, match="damaged"):
         load_masks(tmp_path / "bad.safetensors")
+
+
+def test_written_files_are_readable_by_others(tmp_path: Path) -> None:
+    save_masks({"m.weight": topk_mask(W.abs(), 0.5)}, tmp_path / "m.safetensors", {})
+    assert (tmp_path / "m.safetensors").stat().st_mode & 0o044 == 0o044

@@ -93,6 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PrunebertError as exc:
         print(f"prunebert: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `prunebert info ... | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("prunebert: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130

@@ -26,10 +26,10 @@ StageConfig = PretrainConfig | FinetuneConfig
 
 def demo_plan(out: Path, quick: bool = False) -> list[tuple[str, StageConfig]]:
     """The stage configs of the demo, in order (`quick` shrinks everything for a smoke run)."""
-    mlm_steps, head_steps, ft_examples = (4, 2, 64) if quick else (120, 60, 6000)
+    mlm_steps, head_steps, ft_examples = (4, 2, 64) if quick else (100, 40, None)
     mlm = TrainConfig(max_steps=mlm_steps, batch_size=16, learning_rate=5e-5, logging_steps=10)
     prune = PruningConfig(
-        method="magnitude", sparsity=SPARSITY, schedule="cubic", end_fraction=0.7, frequency=5
+        method="magnitude", sparsity=SPARSITY, schedule="cubic", end_fraction=0.5, frequency=5
     )
     ft = TrainConfig(epochs=1, batch_size=32, learning_rate=1e-4, logging_steps=20, save_steps=100)
     common = {
@@ -70,7 +70,7 @@ def demo_plan(out: Path, quick: bool = False) -> list[tuple[str, StageConfig]]:
                     output_dir=out / f"20-ft-{name}",
                     train=ft,
                     max_train_examples=ft_examples,
-                    max_seq_length=64,
+                    max_seq_length=48,
                 ),
             )
         )

@@ -13,6 +13,12 @@ from typing import Any
 __all__ = ["atomic_path", "write_json"]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success fsync it and rename it over `path`."""
@@ -22,6 +28,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
+        tmp.chmod(0o666 & ~_umask())  # mkstemp makes 0600; results and masks are meant to be shared
         with tmp.open("rb") as f:
             os.fsync(f.fileno())
         tmp.replace(path)
