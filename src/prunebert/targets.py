@@ -115,16 +115,19 @@ def find_targets(
     """
     arch = ARCHITECTURES.get(getattr(getattr(model, "config", None), "model_type", ""))
     role_list = list(roles) + (["embeddings"] if include_embeddings else [])
-    table = _role_patterns(arch, role_list) if arch is not None and not patterns else []
     if not patterns and arch is None:
         architecture_for(model)  # raises the supported-families error
+    known = _role_patterns(arch, arch.roles) if arch is not None else []
+    table = [] if patterns else _role_patterns(arch, role_list) if arch is not None else []
     custom = [re.compile(p) for p in patterns]
     targets = []
     for name, module in model.named_modules():
         weight = getattr(module, "weight", None)
         if not isinstance(weight, nn.Parameter) or weight.dim() != 2:
             continue
-        target = _classify(name, table, custom, arch)
+        target = _match(name, table)
+        if target is None and any(p.search(name) for p in custom):
+            target = _match(name, known) or Target(name, "custom", -1)
         if target is not None:
             targets.append(target)
     if not targets:
@@ -135,21 +138,10 @@ def find_targets(
     return targets
 
 
-def _classify(
-    name: str,
-    table: list[tuple[str, re.Pattern[str]]],
-    custom: list[re.Pattern[str]],
-    arch: Architecture | None,
-) -> Target | None:
+def _match(name: str, table: list[tuple[str, re.Pattern[str]]]) -> Target | None:
+    """The first role whose pattern matches `name`, with the layer index from group 1."""
     for role, pattern in table:
         match = pattern.search(name)
         if match:
             return Target(name, role, int(match.group(1)) if match.groups() else -1)
-    if any(p.search(name) for p in custom):
-        known = _role_patterns(arch, list(arch.roles)) if arch is not None else []
-        for role, pattern in known:
-            match = pattern.search(name)
-            if match:
-                return Target(name, role, int(match.group(1)) if match.groups() else -1)
-        return Target(name, "custom", -1)
     return None
