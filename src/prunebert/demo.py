@@ -8,11 +8,13 @@ Each step is an ordinary stage run in its own directory; finished steps are skip
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import statistics
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from prunebert.config import PruningConfig
+from prunebert.errors import PrunebertError
 from prunebert.io import write_json
 from prunebert.stages.common import RESULTS_FILE, TrainConfig
 from prunebert.stages.finetune import FinetuneConfig, run_finetune
@@ -21,12 +23,17 @@ from prunebert.stages.pretrain import PretrainConfig, run_pretrain
 __all__ = ["demo_plan", "format_table", "run_demo"]
 
 SPARSITY = 0.4
+HEAD_STEPS = 200  # the new MLM head alone (encoder frozen): cheap, masked positions only
+MLM_STEPS = 200  # continued MLM; the pruned arm reaches 40% at step 100 and recovers for 100
+#: fine-tuning seeds per arm: one run on ~1,300 test examples has ~1 point of seed noise, the mean less
+SEEDS = (0, 1, 2)
+ARMS = (("dense", False), ("sparse", True))
 StageConfig = PretrainConfig | FinetuneConfig
 
 
-def demo_plan(out: Path, quick: bool = False) -> list[tuple[str, StageConfig]]:
+def demo_plan(out: Path, quick: bool = False, seeds: Sequence[int] = SEEDS) -> list[tuple[str, StageConfig]]:
     """The stage configs of the demo, in order (`quick` shrinks everything for a smoke run)."""
-    mlm_steps, head_steps, ft_examples = (4, 2, 64) if quick else (100, 40, None)
+    mlm_steps, head_steps, ft_examples = (4, 2, 64) if quick else (MLM_STEPS, HEAD_STEPS, None)
     mlm = TrainConfig(max_steps=mlm_steps, batch_size=16, learning_rate=5e-5, logging_steps=10)
     prune = PruningConfig(
         method="magnitude", sparsity=SPARSITY, schedule="cubic", end_fraction=0.5, frequency=5
@@ -46,7 +53,7 @@ def demo_plan(out: Path, quick: bool = False) -> list[tuple[str, StageConfig]]:
         **common,
     )
     plan: list[tuple[str, StageConfig]] = [("head", head)]
-    for name, pruning in (("dense", None), ("sparse", prune)):
+    for name, pruning in ARMS:
         mlm_dir = out / f"10-mlm-{name}"
         plan.append(
             (
@@ -56,24 +63,26 @@ def demo_plan(out: Path, quick: bool = False) -> list[tuple[str, StageConfig]]:
                     output_dir=mlm_dir,
                     head_warmup_steps=0,
                     train=mlm,
-                    pruning=pruning,
+                    pruning=prune if pruning else None,
                     **common,
                 ),
             )
         )
-        plan.append(
-            (
-                f"ft-{name}",
-                FinetuneConfig(
-                    model=str(mlm_dir),
-                    task="rotten-tomatoes",
-                    output_dir=out / f"20-ft-{name}",
-                    train=ft,
-                    max_train_examples=ft_examples,
-                    max_seq_length=48,
-                ),
+        for seed in seeds:
+            plan.append(
+                (
+                    f"ft-{name}-s{seed}",
+                    FinetuneConfig(
+                        model=str(mlm_dir),
+                        task="rotten-tomatoes",
+                        output_dir=out / f"20-ft-{name}-s{seed}",
+                        seed=seed,
+                        train=ft,
+                        max_train_examples=ft_examples,
+                        max_seq_length=48,
+                    ),
+                )
             )
-        )
     return plan
 
 
@@ -83,48 +92,72 @@ def _run(config: StageConfig) -> dict[str, Any]:
     )
     done = config.output_dir / RESULTS_FILE
     if done.is_file():
-        return dict(json.loads(done.read_text()))
+        results = dict(json.loads(done.read_text()))
+        if results.get("recipe") != config.model_dump(mode="json"):
+            raise PrunebertError(
+                f"{config.output_dir} holds a finished run of another recipe (an older demo?); "
+                "remove it or pass a new --output_dir"
+            )
+        return results
     return runner(config)
 
 
-def run_demo(out: Path = Path("runs/demo"), quick: bool = False) -> dict[str, Any]:
+def run_demo(
+    out: Path = Path("runs/demo"), quick: bool = False, seeds: Sequence[int] = SEEDS
+) -> dict[str, Any]:
     """Run (or resume) every step and write `comparison.json` + `comparison.md` into `out`."""
-    plan = demo_plan(out, quick)
+    plan = demo_plan(out, quick, seeds)
     results = {}
     for i, (name, config) in enumerate(plan, 1):
         print(f"[demo {i}/{len(plan)}] {name} -> {config.output_dir}", flush=True)
         results[name] = _run(config)
+    summary = summarize(results, seeds)
+    summary["quick"] = quick
+    write_json(out / "comparison.json", summary)
+    (out / "comparison.md").write_text(format_table(summary["rows"]) + "\n")
+    return summary
+
+
+def summarize(results: dict[str, dict[str, Any]], seeds: Sequence[int]) -> dict[str, Any]:
+    """One row per arm: MLM metrics and dev/test accuracy as mean (and sd) over the fine-tuning seeds."""
     rows = []
-    for name in ("dense", "sparse"):
-        mlm, ft = results[f"mlm-{name}"], results[f"ft-{name}"]
+    for name, _ in ARMS:
+        mlm = results[f"mlm-{name}"]
+        runs = [results[f"ft-{name}-s{seed}"]["metrics"] for seed in seeds]
+        dev = [r["dev"]["accuracy"] for r in runs]
+        test = [r["test"]["accuracy"] for r in runs]
         rows.append(
             {
                 "model": "minilm-l6 " + (f"{SPARSITY:.0%} magnitude" if name == "sparse" else "dense"),
                 "encoder_sparsity": mlm["sparsity"]["overall"],
                 "mlm_loss": mlm["metrics"]["mlm_loss"],
                 "mlm_accuracy": mlm["metrics"]["mlm_accuracy"],
-                "dev_accuracy": ft["metrics"]["dev"]["accuracy"],
-                "test_accuracy": ft["metrics"]["test"]["accuracy"],
+                "dev_accuracy": statistics.fmean(dev),
+                "test_accuracy": statistics.fmean(test),
+                "test_accuracy_sd": statistics.stdev(test) if len(test) > 1 else 0.0,
+                "seeds": list(seeds),
+                "dev_accuracy_per_seed": dev,
+                "test_accuracy_per_seed": test,
             }
         )
-    summary = {
+    return {
         "rows": rows,
         "head_warmup": results["head"]["metrics"],
-        "quick": quick,
         "test_accuracy_gap": rows[0]["test_accuracy"] - rows[1]["test_accuracy"],
     }
-    write_json(out / "comparison.json", summary)
-    (out / "comparison.md").write_text(format_table(rows) + "\n")
-    return summary
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """The comparison as a Markdown table."""
-    head = "| model | encoder sparsity | MLM loss | masked-token acc | dev acc | test acc |"
+    n = len(rows[0]["seeds"])
+    head = (
+        "| model | encoder sparsity | MLM loss | masked-token acc | dev acc "
+        f"| test acc (mean ± sd, {n} seeds) |"
+    )
     lines = [head, "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['encoder_sparsity']:.1%} | {r['mlm_loss']:.3f} | {r['mlm_accuracy']:.1%} "
-            f"| {r['dev_accuracy']:.1%} | {r['test_accuracy']:.1%} |"
+            f"| {r['dev_accuracy']:.1%} | {r['test_accuracy']:.1%} ± {r['test_accuracy_sd']:.1%} |"
         )
     return "\n".join(lines)
