@@ -54,6 +54,7 @@ class Pruner:
             model, config.roles, config.targets, config.include_embeddings
         )
         self.method = create_method(config.method, config.options, config.seed)
+        self.method.bind(model, self.targets, config)
         self.masks = {t.param_name: torch.ones_like(w, dtype=torch.bool) for t, w in self._pairs()}
         self.schedule: Schedule = Fixed(0.0)
         self.sparsity = 0.0  # the schedule's value at the last update
@@ -142,7 +143,8 @@ class Pruner:
         if self.method.monotone:
             scores = {n: s.masked_fill(~self.masks[n], float("-inf")) for n, s in scores.items()}
         masks = self.method.select(scores, sparsity)
-        if masks is None or sparsity >= self.config.sparsity:  # the final masks meet the target exactly
+        final = sparsity >= self.config.sparsity and not self.method.structured
+        if masks is None or final:  # the final masks meet the target exactly (in whole groups if structured)
             chooser = global_masks if self.config.scope == "global" else layerwise_masks
             masks = chooser(scores, sparsity)
         if self.method.monotone:  # never regrow, even when a transferred mask is sparser than the target

@@ -1,6 +1,13 @@
 """Pruning methods, one small module each, found by name through the registry."""
 
-from prunebert.methods import magnitude, movement, nip, random_baseline, rpp  # noqa: F401  (registers them)
+from prunebert.methods import (  # noqa: F401  (registers them)
+    magnitude,
+    movement,
+    nip,
+    random_baseline,
+    rpp,
+    structured,
+)
 from prunebert.methods.base import MethodOptions, PruningMethod
 from prunebert.methods.registry import available_methods, create_method, register_method
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+from torch import nn
 
 from prunebert.errors import PrunebertError
+
+if TYPE_CHECKING:
+    from prunebert.config import PruningConfig
+    from prunebert.targets import Target
 
 __all__ = ["MethodOptions", "PruningMethod", "parse_options"]
 
@@ -45,10 +50,16 @@ class PruningMethod:
     monotone: ClassVar[bool] = True
     #: PruningConfig values this method uses when a recipe does not set them (e.g. its schedule)
     defaults: ClassVar[dict[str, Any]] = {}
+    #: masks come in whole groups (heads, neurons): `select` also picks the final masks, because the
+    #: pruner's per-weight top-k could split a group at the boundary
+    structured: ClassVar[bool] = False
 
     def __init__(self, options: MethodOptions, seed: int = 0) -> None:
         self.options = options
         self.seed = seed
+
+    def bind(self, model: nn.Module, targets: Sequence[Target], config: PruningConfig) -> None:
+        """Called once by the pruner with the model and its targets (structured methods read the layout)."""
 
     def scores(self, weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Importance of every weight of every target, same shapes as `weights`."""
