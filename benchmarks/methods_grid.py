@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from prunebert.stages.common import environment
-from prunebert.stages.finetune import FinetuneConfig, run_finetune
+from prunebert.stages.finetune import FinetuneConfig
+from prunebert.stages.runner import run_or_reuse
 
 ROOT = Path(__file__).resolve().parent
 METHODS: dict[str, dict[str, Any]] = {
@@ -36,8 +37,8 @@ SPARSITIES = (0.9, 0.95, 0.8, 0.5)
 
 
 def base_recipe(args: argparse.Namespace) -> dict[str, Any]:
-    """The fine-tuning settings every cell shares."""
-    return {
+    """The fine-tuning settings every cell shares, every default spelled out (they decide reuse)."""
+    recipe = {
         "model": "minilm-l6",
         "task": "rotten-tomatoes",
         "seed": 0,
@@ -51,6 +52,8 @@ def base_recipe(args: argparse.Namespace) -> dict[str, Any]:
             "save_steps": 100,
         },
     }
+    full = FinetuneConfig.model_validate(recipe).model_dump(mode="json")
+    return {key: full[key] for key in recipe}
 
 
 def cell_recipe(args: argparse.Namespace, method: str, sparsity: float, teacher: Path) -> dict[str, Any]:
@@ -65,11 +68,8 @@ def cell_recipe(args: argparse.Namespace, method: str, sparsity: float, teacher:
 
 
 def run_cell(recipe: dict[str, Any]) -> dict[str, Any]:
-    """Run a cell (or read its finished results)."""
-    done = Path(recipe["output_dir"]) / "results.json"
-    if done.is_file():
-        return dict(json.loads(done.read_text()))
-    return run_finetune(FinetuneConfig.model_validate(recipe))
+    """Run a cell (or read its finished results, if made by the same recipe)."""
+    return run_or_reuse(FinetuneConfig.model_validate(recipe))
 
 
 def summarise(result: dict[str, Any], dense_test: float | None) -> dict[str, Any]:

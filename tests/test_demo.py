@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from prunebert.demo import _run, demo_plan, summarize
+from prunebert.demo import demo_plan, summarize
 from prunebert.errors import PrunebertError
 from prunebert.stages.finetune import FinetuneConfig
+from prunebert.stages.runner import run_or_reuse
 
 
 def test_plan_runs_every_seed_of_both_arms_from_their_own_mlm_run(tmp_path: Path) -> None:
@@ -52,8 +53,8 @@ def test_a_finished_step_of_another_recipe_is_refused(tmp_path: Path) -> None:
     stale = {"recipe": {**config.model_dump(mode="json"), "max_seq_length": 128}, "metrics": {}}
     (config.output_dir / "results.json").write_text(json.dumps(stale))
     with pytest.raises(PrunebertError, match="another recipe"):
-        _run(config)
+        run_or_reuse(config)
     (config.output_dir / "results.json").write_text(
         json.dumps({**stale, "recipe": config.model_dump(mode="json")})
     )
-    assert _run(config)["metrics"] == {}
+    assert run_or_reuse(config)["metrics"] == {}

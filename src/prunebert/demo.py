@@ -7,18 +7,17 @@ Each step is an ordinary stage run in its own directory; finished steps are skip
 
 from __future__ import annotations
 
-import json
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from prunebert.config import PruningConfig
-from prunebert.errors import PrunebertError
 from prunebert.io import write_json
-from prunebert.stages.common import RESULTS_FILE, TrainConfig
-from prunebert.stages.finetune import FinetuneConfig, run_finetune
-from prunebert.stages.pretrain import PretrainConfig, run_pretrain
+from prunebert.stages.common import TrainConfig
+from prunebert.stages.finetune import FinetuneConfig
+from prunebert.stages.pretrain import PretrainConfig
+from prunebert.stages.runner import StageConfig, run_or_reuse
 
 __all__ = ["demo_plan", "format_table", "run_demo"]
 
@@ -28,7 +27,6 @@ MLM_STEPS = 200  # continued MLM; the pruned arm reaches 40% at step 100 and rec
 #: fine-tuning seeds per arm: one run on ~1,300 test examples has ~1 point of seed noise, the mean less
 SEEDS = (0, 1, 2)
 ARMS = (("dense", False), ("sparse", True))
-StageConfig = PretrainConfig | FinetuneConfig
 
 
 def demo_plan(out: Path, quick: bool = False, seeds: Sequence[int] = SEEDS) -> list[tuple[str, StageConfig]]:
@@ -86,22 +84,6 @@ def demo_plan(out: Path, quick: bool = False, seeds: Sequence[int] = SEEDS) -> l
     return plan
 
 
-def _run(config: StageConfig) -> dict[str, Any]:
-    runner: Callable[[Any], dict[str, Any]] = (
-        run_pretrain if isinstance(config, PretrainConfig) else run_finetune
-    )
-    done = config.output_dir / RESULTS_FILE
-    if done.is_file():
-        results = dict(json.loads(done.read_text()))
-        if results.get("recipe") != config.model_dump(mode="json"):
-            raise PrunebertError(
-                f"{config.output_dir} holds a finished run of another recipe (an older demo?); "
-                "remove it or pass a new --output_dir"
-            )
-        return results
-    return runner(config)
-
-
 def run_demo(
     out: Path = Path("runs/demo"), quick: bool = False, seeds: Sequence[int] = SEEDS
 ) -> dict[str, Any]:
@@ -110,7 +92,7 @@ def run_demo(
     results = {}
     for i, (name, config) in enumerate(plan, 1):
         print(f"[demo {i}/{len(plan)}] {name} -> {config.output_dir}", flush=True)
-        results[name] = _run(config)
+        results[name] = run_or_reuse(config)
     summary = summarize(results, seeds)
     summary["quick"] = quick
     write_json(out / "comparison.json", summary)

@@ -1,0 +1,35 @@
+"""Run a stage from its config, or reuse the finished run already in its directory.
+
+What the demo, the benchmarks and grids use to be resumable: a step whose `results.json` exists is read,
+not re-run, but only if it was made by the same recipe; a stale directory is an error, never reused.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from prunebert.errors import PrunebertError
+from prunebert.stages.common import RESULTS_FILE
+from prunebert.stages.finetune import FinetuneConfig, run_finetune
+from prunebert.stages.pretrain import PretrainConfig, run_pretrain
+
+__all__ = ["StageConfig", "run_or_reuse"]
+
+StageConfig = PretrainConfig | FinetuneConfig
+
+
+def run_or_reuse(config: StageConfig) -> dict[str, Any]:
+    """The stage's results: read from a finished run of the same recipe, else run (or resume) it."""
+    done = config.output_dir / RESULTS_FILE
+    if done.is_file():
+        results = dict(json.loads(done.read_text()))
+        if results.get("recipe") != config.model_dump(mode="json"):
+            raise PrunebertError(
+                f"{config.output_dir} holds a finished run of another recipe; "
+                "remove it or choose another output directory"
+            )
+        return results
+    if isinstance(config, PretrainConfig):
+        return run_pretrain(config)
+    return run_finetune(config)
