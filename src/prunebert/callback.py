@@ -19,6 +19,7 @@ from typing import Any
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from prunebert.errors import PrunebertError
 from prunebert.masks import MASKS_FILE
 from prunebert.pruner import Pruner
 
@@ -41,7 +42,12 @@ class PruningCallback(TrainerCallback):
     ) -> None:
         """Restore a resumed checkpoint's masks, build the schedule, prune what step 0 asks for."""
         checkpoint = _checkpoint_dir(args, state)
-        if state.global_step > 0 and (checkpoint / MASKS_FILE).is_file():
+        if state.global_step > 0:  # resuming: continuing with fresh masks would silently lose them
+            if not (checkpoint / MASKS_FILE).is_file():
+                raise PrunebertError(
+                    f"resuming at step {state.global_step} but {checkpoint} has no {MASKS_FILE} (written "
+                    "without PruningCallback, or interrupted while saving); resume from an earlier checkpoint"
+                )
             self.pruner.load(checkpoint)
         self.pruner.start(state.max_steps)
         self.pruner.update(state.global_step, kwargs.get("optimizer"))

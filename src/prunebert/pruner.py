@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from prunebert.config import PruningConfig
+from prunebert.distributed import broadcast_masks
 from prunebert.errors import PrunebertError
 from prunebert.io import atomic_path
 from prunebert.masks import MASKS_FILE, global_masks, layerwise_masks, load_masks, save_masks
@@ -129,7 +130,7 @@ class Pruner:
         target = self.schedule.sparsity_at(step)
         if isinstance(self.schedule, Fixed) or target == self.sparsity:
             return False
-        self._set_masks(self._choose(target))
+        self._set_masks(broadcast_masks(self._choose(target)))  # decided once: rank 0's choice
         self.sparsity = target
         self.history.append((step, target))
         self._clear_optimizer_state(optimizer)
@@ -182,23 +183,26 @@ class Pruner:
             "config": self.config.model_dump(),
             "sparsity": self.overall_sparsity(),
             "schedule_sparsity": self.sparsity,
+            "history": [[step, sparsity] for step, sparsity in self.history],
             "roles": {t.param_name: t.role for t in self.targets},
         }
 
     # -- persistence -------------------------------------------------------------------------------
     def save(self, directory: Path, with_method_state: bool = True) -> None:
-        """Write masks (and, for checkpoints, the method's training state) into `directory`."""
-        save_masks(self.masks, directory / MASKS_FILE, self.metadata())
+        """Write masks (and, for checkpoints, the method's training state) into `directory`, masks last."""
         state = self.method.state_dict()
         if with_method_state and state:
             with atomic_path(directory / METHOD_STATE_FILE) as tmp:
                 save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp))
+        save_masks(self.masks, directory / MASKS_FILE, self.metadata())
 
     def load(self, directory: Path) -> None:
         """Restore masks (and method state if present) saved by `save`; shapes must match this model."""
         masks, meta = load_masks(directory / MASKS_FILE)
         self.load_masks(masks, source=str(directory))
         self.sparsity = float(meta.get("schedule_sparsity", self.overall_sparsity()))  # type: ignore[arg-type]
+        history = meta.get("history", [])
+        self.history = [(int(s), float(v)) for s, v in history] if isinstance(history, list) else []
         state_path = directory / METHOD_STATE_FILE
         if state_path.is_file():
             self.method.load_state_dict(load_file(str(state_path)))

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from prunebert.data.hub import GLUE_TASKS
 from prunebert.data.tasks import TaskData, load_task, tokenize_task
-from prunebert.data.text import build_mlm_datasets, load_text, mask_tokens, split_documents
+from prunebert.data.text import SeededMLMCollator, build_mlm_datasets, load_text, mask_tokens, split_documents
 from prunebert.data.wikitext import strip_wiki_markup
 
 __all__ = [
     "GLUE_TASKS",
+    "SeededMLMCollator",
     "TaskData",
     "build_mlm_datasets",
     "load_task",

@@ -9,13 +9,16 @@ generator seeded by ``seed``, so eval losses are comparable between runs.
 from __future__ import annotations
 
 import glob
+import hashlib
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import datasets
 import numpy as np
 import torch
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from prunebert.assets import BUILTIN_TEXTS, fetch
 from prunebert.data.splits import carve, subsample
@@ -25,7 +28,14 @@ from prunebert.errors import PrunebertError
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-__all__ = ["build_mlm_datasets", "load_text", "load_wiki_dump", "mask_tokens", "split_documents"]
+__all__ = [
+    "SeededMLMCollator",
+    "build_mlm_datasets",
+    "load_text",
+    "load_wiki_dump",
+    "mask_tokens",
+    "split_documents",
+]
 
 _BLANK_LINE = re.compile(r"\n[ \t\r\f\v]*\n")
 _WIKI_SUFFIXES = (".xml", ".bz2")
@@ -102,6 +112,52 @@ def mask_tokens(
     masked[to_mask] = tokenizer.mask_token_id
     masked[to_random] = random_ids[to_random]
     return masked, labels
+
+
+class SeededMLMCollator(TrainerCallback):
+    """Dynamic BERT masking that a resumed run, or a multi-process one, reproduces exactly.
+
+    Each example is masked with its own generator, seeded by (seed, epoch, its token ids): independent of
+    the global RNG, of batch composition and of how far the Trainer's data loader read ahead. (The stock
+    collator draws from the global RNG, which a resumed Trainer restores only after it has already
+    collated the first resumed batch, so resumed runs masked differently.) Also pass it as a callback:
+    `on_epoch_begin` gives every epoch new masks.
+    """
+
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, mlm_probability: float = 0.15, seed: int = 0
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.mlm_probability = mlm_probability
+        self.seed = seed
+        self.epoch = 0
+
+    def on_epoch_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        """Masks change from epoch to epoch (a resumed run sees the epoch it stopped in)."""
+        self.epoch = int(state.epoch + 1e-6) if state.epoch else 0
+
+    def _generator(self, ids: Sequence[int]) -> torch.Generator:
+        key = np.asarray([self.seed, self.epoch, *ids], dtype=np.int64).tobytes()
+        seed = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+        return torch.Generator().manual_seed(seed)
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Mask each example, then pad: input_ids (B, T) masked, labels (B, T) with -100 elsewhere."""
+        masked, labels = [], []
+        for feature in features:
+            ids = torch.as_tensor(feature["input_ids"], dtype=torch.long)[None]  # (1, L), unpadded
+            m, y = mask_tokens(ids, self.tokenizer, self.mlm_probability, self._generator(ids[0].tolist()))
+            masked.append({**feature, "input_ids": m[0].tolist()})
+            labels.append(y[0])
+        batch = dict(self.tokenizer.pad(masked, return_tensors="pt"))
+        width = batch["input_ids"].shape[1]
+        batch["labels"] = torch.full((len(labels), width), -100, dtype=torch.long)
+        for i, y in enumerate(labels):
+            start = width - len(y) if self.tokenizer.padding_side == "left" else 0
+            batch["labels"][i, start : start + len(y)] = y
+        return batch
 
 
 def _blocks(documents: list[str], tokenizer: PreTrainedTokenizerBase, block_size: int) -> np.ndarray:

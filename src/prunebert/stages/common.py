@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import platform
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -11,11 +14,14 @@ from typing import Any, Literal
 import torch
 import yaml
 from pydantic import Field
-from transformers import Trainer, TrainingArguments
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
 
+from prunebert.checkpoints import last_complete, remove_incomplete
 from prunebert.config import StrictModel
+from prunebert.distributed import gather_strings, is_main_process, mask_digest
 from prunebert.errors import PrunebertError
-from prunebert.io import write_json
+from prunebert.io import atomic_path, write_json
+from prunebert.models import save_pruned
 from prunebert.pruner import Pruner
 
 __all__ = [
@@ -29,6 +35,7 @@ __all__ = [
 
 RESULTS_FILE = "results.json"
 RECIPE_FILE = "recipe.yaml"
+START_FILE = "start.json"  # what a stage measured before training, kept for a resumed run
 
 
 class TrainConfig(StrictModel):
@@ -49,11 +56,11 @@ class TrainConfig(StrictModel):
     )
     logging_steps: int = Field(20, ge=1, description="log loss and sparsity every N steps")
     save_steps: int = Field(200, ge=1, description="write a resumable checkpoint every N steps")
-    save_total_limit: int = Field(2, ge=1, description="keep at most N checkpoints")
+    save_total_limit: int = Field(2, ge=1, description="keep at most N complete checkpoints")
 
 
 def training_arguments(cfg: TrainConfig, output_dir: Path, seed: int) -> TrainingArguments:
-    """TrainingArguments for a stage; checkpoints go to `output_dir`."""
+    """TrainingArguments for a stage; checkpoints go to `output_dir`, rotated by `CompleteCheckpoints`."""
     return TrainingArguments(
         output_dir=str(output_dir),
         max_steps=cfg.max_steps,
@@ -71,7 +78,7 @@ def training_arguments(cfg: TrainConfig, output_dir: Path, seed: int) -> Trainin
         logging_steps=cfg.logging_steps,
         save_strategy="steps",
         save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit,
+        save_total_limit=None,  # CompleteCheckpoints rotates, once the new checkpoint is complete
         eval_strategy="no",
         report_to=[],
         seed=seed,
@@ -97,7 +104,9 @@ class RunDir:
     """A stage's output directory: recipe, Trainer checkpoints, final model, results.
 
     Layout: `recipe.yaml`, `checkpoints/checkpoint-N/`, `model/` (baked, loadable by transformers),
-    `results.json` (written last: its presence means the run finished).
+    `results.json` (written last: its presence means the run finished). `prepare` only checks, so a bad
+    input found while loading the model or data leaves the directory as it was; `create` writes.
+    In a multi-process run only the main process writes.
     """
 
     def __init__(self, root: Path) -> None:
@@ -105,9 +114,11 @@ class RunDir:
         self.checkpoints = root / "checkpoints"
         self.model = root / "model"
         self.results = root / RESULTS_FILE
+        self._recipe: dict[str, Any] | None = None
+        self._overwrite = False
 
     def prepare(self, recipe: dict[str, Any], overwrite: bool = False) -> Path | None:
-        """Create the directory; return the checkpoint to resume from, if the same recipe was interrupted."""
+        """Check this run may use the directory (nothing is written); the checkpoint to resume from."""
         if self.results.is_file() and not overwrite:
             raise PrunebertError(
                 f"{self.root} already holds a finished run; pass a new --output_dir or --overwrite"
@@ -118,28 +129,86 @@ class RunDir:
                 f"{self.root} holds an unfinished run of a different recipe; "
                 "pass a new --output_dir or --overwrite"
             )
-        if self.root.exists() and not saved.is_file() and any(self.root.iterdir()) and not overwrite:
+        if self.root.is_dir() and not saved.is_file() and not overwrite and _visible_entries(self.root):
             raise PrunebertError(
                 f"{self.root} is not empty and was not written by prunebert; pass a new --output_dir"
             )
+        _check_writable(self.root)
+        self._recipe, self._overwrite = recipe, overwrite
+        return None if overwrite else last_complete(self.checkpoints)
+
+    def create(self) -> None:
+        """Write the recipe once the inputs are known to be good; `--overwrite` drops the old run first."""
+        if self._recipe is None:
+            raise RuntimeError("RunDir.prepare must be called before create")
+        if not is_main_process():
+            return
         try:
+            if self._overwrite:  # results first: a crash midway must not leave a "finished" run
+                self.results.unlink(missing_ok=True)
+                for old in (self.checkpoints, self.model):
+                    shutil.rmtree(old, ignore_errors=True)
+            remove_incomplete(self.checkpoints)
             self.root.mkdir(parents=True, exist_ok=True)
-            (self.root / RECIPE_FILE).write_text(yaml.safe_dump(recipe, sort_keys=False))
+            with atomic_path(self.root / RECIPE_FILE) as tmp:
+                tmp.write_text(yaml.safe_dump(self._recipe, sort_keys=False))
         except OSError as exc:
             raise PrunebertError(
                 f"cannot write to {self.root} ({exc.strerror}); pass a writable --output_dir"
             ) from None
-        return None if overwrite else self.last_checkpoint()
+
+    def first_attempt(self, resume: Path | None, facts: dict[str, Any]) -> dict[str, Any]:
+        """`facts` measured before training (a fresh start saves them), or those a resumed run saved."""
+        path = self.root / START_FILE
+        if resume is None:
+            if is_main_process():
+                write_json(path, facts)
+            return facts
+        try:
+            saved: dict[str, Any] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return facts
+        return saved
 
     def last_checkpoint(self) -> Path | None:
         """The newest complete Trainer checkpoint, if any."""
-        done = [p for p in self.checkpoints.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
-        return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
+        return last_complete(self.checkpoints)
+
+    def save_model(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pruner: Pruner | None
+    ) -> None:
+        """Bake the masks and save the final model into `model/` (main process only)."""
+        if pruner is not None:
+            pruner.bake()
+        if is_main_process():
+            save_pruned(model, tokenizer, pruner, self.model)
 
     def write_results(self, results: dict[str, Any]) -> None:
-        """Write results.json (atomically), with the software versions that produced it."""
+        """Write results.json (atomically, main process only), with the versions that produced it."""
         results = {**results, "environment": environment()}
-        write_json(self.results, results)
+        if is_main_process():
+            write_json(self.results, results)
+
+
+def _visible_entries(directory: Path) -> bool:
+    """Whether `directory` holds anything but dot-files (another rank's half-written temp file)."""
+    return any(not p.name.startswith(".") for p in directory.iterdir())
+
+
+def _check_writable(root: Path) -> None:
+    """Fail before any work if `root` cannot be created or written (read-only, a file in the way)."""
+    existing = root
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise PrunebertError(f"{existing} is a file, not a directory; pass another --output_dir")
+    try:
+        with tempfile.TemporaryFile(dir=existing):  # a probe that leaves nothing behind
+            pass
+    except OSError as exc:
+        raise PrunebertError(
+            f"cannot write to {existing} ({exc.strerror}); pass a writable --output_dir"
+        ) from None
 
 
 def environment() -> dict[str, str]:
@@ -155,7 +224,11 @@ def environment() -> dict[str, str]:
 
 
 def sparsity_report(pruner: Pruner | None) -> dict[str, Any]:
-    """Overall and per-module sparsity of the pruned targets (empty for a dense run)."""
+    """Overall and per-module sparsity of the pruned targets (empty for a dense run).
+
+    `mask_sha256` holds one digest of the final masks per process (all equal: masks are decided once);
+    every rank must call this, it gathers.
+    """
     if pruner is None:
         return {"overall": 0.0, "modules": {}, "history": []}
     return {
@@ -163,4 +236,5 @@ def sparsity_report(pruner: Pruner | None) -> dict[str, Any]:
         "modules": pruner.module_sparsity(),
         "history": [{"step": s, "sparsity": v} for s, v in pruner.history],
         "method": pruner.config.method,
+        "mask_sha256": gather_strings(mask_digest(pruner.masks)),
     }

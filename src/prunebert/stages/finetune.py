@@ -14,14 +14,15 @@ from typing import Any
 import torch
 import yaml
 from pydantic import Field
-from transformers import DataCollatorWithPadding, PreTrainedModel, Trainer, set_seed
+from transformers import DataCollatorWithPadding, PreTrainedModel, Trainer, TrainerCallback, set_seed
 
 from prunebert.callback import PruningCallback
+from prunebert.checkpoints import resume_callbacks
 from prunebert.config import PruningConfig
 from prunebert.data import tokenize_task
 from prunebert.distill import DistillationTrainer, DistillConfig, Distiller
 from prunebert.errors import PrunebertError
-from prunebert.models import load_model, save_pruned, transfer_pruner
+from prunebert.models import load_model, transfer_pruner
 from prunebert.stages.common import (
     RECIPE_FILE,
     RunDir,
@@ -121,9 +122,6 @@ def run_finetune(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]
     run = RunDir(cfg.output_dir)
     resume = run.prepare(cfg.model_dump(mode="json"), overwrite)
     task = cfg.load(cfg.seed, cfg.max_train_examples)
-    distiller, distill = (
-        _distiller(cfg, cfg.distill, task.num_labels, overwrite) if cfg.distill else (None, None)
-    )
     set_seed(cfg.seed)  # the new classification head's initialisation
     loaded = load_model(cfg.model, head="classification", num_labels=task.num_labels)
     model, tokenizer = loaded.model, loaded.tokenizer
@@ -132,12 +130,18 @@ def run_finetune(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]
         model.config.label2id = {name: i for i, name in enumerate(task.label_names)}
     splits = tokenize_task(task, tokenizer, cfg.max_seq_length)
     pruner = transfer_pruner(model, loaded.path, cfg.pruning)
+    run.create()  # the inputs are good: from here on the run directory is written
+    distiller, distill = (
+        _distiller(cfg, cfg.distill, task.num_labels, overwrite) if cfg.distill else (None, None)
+    )
+    callbacks: list[TrainerCallback] = [PruningCallback(pruner)] if pruner is not None else []
+    callbacks += resume_callbacks(cfg.train.save_total_limit)  # last: after masks are written
     trainer_kwargs: dict[str, Any] = {
         "model": model,
         "args": training_arguments(cfg.train, run.checkpoints, cfg.seed),
         "train_dataset": splits["train"],
         "data_collator": DataCollatorWithPadding(tokenizer),
-        "callbacks": [PruningCallback(pruner)] if pruner is not None else [],
+        "callbacks": callbacks,
     }
     trainer = (
         Trainer(**trainer_kwargs)
@@ -149,7 +153,7 @@ def run_finetune(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     runtime = time.time() - start
     metrics = evaluate_splits(trainer, splits, task, ("dev", "test"))
-    save_pruned(model, tokenizer, pruner, run.model)
+    run.save_model(model, tokenizer, pruner)
     results = {
         "stage": "finetune",
         "recipe": cfg.model_dump(mode="json"),

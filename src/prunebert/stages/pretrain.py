@@ -15,7 +15,6 @@ import numpy as np
 import torch
 from pydantic import Field
 from transformers import (
-    DataCollatorForLanguageModeling,
     EvalPrediction,
     PreTrainedModel,
     Trainer,
@@ -23,9 +22,10 @@ from transformers import (
 )
 
 from prunebert.callback import PruningCallback
+from prunebert.checkpoints import resume_callbacks
 from prunebert.config import PruningConfig, StrictModel
-from prunebert.data import build_mlm_datasets, load_text
-from prunebert.models import load_model, save_pruned, transfer_pruner
+from prunebert.data import SeededMLMCollator, build_mlm_datasets, load_text
+from prunebert.models import load_model, transfer_pruner
 from prunebert.stages.common import (
     RunDir,
     TrainConfig,
@@ -138,28 +138,31 @@ def run_pretrain(cfg: PretrainConfig, overwrite: bool = False) -> dict[str, Any]
     )
     if cfg.max_eval_blocks is not None and len(eval_set) > cfg.max_eval_blocks:
         eval_set = eval_set.select(range(cfg.max_eval_blocks))
-    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=cfg.mlm_probability)
+    collator = SeededMLMCollator(tokenizer, cfg.mlm_probability, cfg.seed)  # resumes bit-identically
+    pruner = transfer_pruner(model, loaded.path, cfg.pruning)
+    run.create()  # the inputs are good: from here on the run directory is written
     warmup: dict[str, float] = {}
     if loaded.new_head and cfg.head_warmup_steps > 0 and resume is None:
         warmup = warm_up_head(model, cfg, train_set, collator, run.root / "head-warmup")
-    pruner = transfer_pruner(model, loaded.path, cfg.pruning)
-    callbacks = [PruningCallback(pruner)] if pruner is not None else []
+    callbacks = [collator, *([PruningCallback(pruner)] if pruner is not None else [])]
+    callbacks += resume_callbacks(cfg.train.save_total_limit)  # last: after masks are written
     trainer = _trainer(
         model, training_arguments(cfg.train, run.checkpoints, cfg.seed), train_set, collator, callbacks
     )
     before = evaluate_mlm(trainer, eval_set) if resume is None else {}
+    first = run.first_attempt(resume, {"metrics_before": before, "head_warmup": warmup})
     start = time.time()
     if cfg.train.max_steps != 0:  # 0: only warm up the head (a shared starting point for several runs)
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     runtime = time.time() - start
     after = evaluate_mlm(trainer, eval_set)
-    save_pruned(model, tokenizer, pruner, run.model)
+    run.save_model(model, tokenizer, pruner)
     results = {
         "stage": "pretrain",
         "recipe": cfg.model_dump(mode="json"),
         "metrics": after,
-        "metrics_before": before,
-        "head_warmup": warmup,
+        "metrics_before": first["metrics_before"],
+        "head_warmup": first["head_warmup"],
         "sparsity": sparsity_report(pruner),
         "train": {
             "steps": trainer.state.global_step,
