@@ -1,4 +1,4 @@
-"""The `prunebert` command: pretrain | finetune | evaluate | info | methods | demo."""
+"""The `prunebert` command: pretrain | finetune | evaluate | info | methods | slim | demo."""
 
 from __future__ import annotations
 
@@ -41,6 +41,10 @@ def _build_parser() -> argparse.ArgumentParser:
     info.add_argument("path", help="model directory or prunebert run directory")
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
     sub.add_parser("methods", help="list the registered pruning methods")
+    slim = sub.add_parser("slim", help="remove zeroed heads / FFN neurons: a physically smaller model")
+    slim.add_argument("source", help="model directory or prunebert run directory (structured-pruned)")
+    slim.add_argument("output", help="directory for the slimmed model and slim.json")
+    slim.add_argument("--overwrite", action="store_true", help="replace a model already in OUTPUT")
     demo = sub.add_parser("demo", help="the embedded-default demo: 40%% MLM-stage pruning vs dense")
     demo.add_argument("--output_dir", default="runs/demo", help="where the demo's runs go")
     demo.add_argument("--quick", action="store_true", help="a few steps only (smoke test)")
@@ -76,6 +80,10 @@ def _dispatch(args: argparse.Namespace) -> None:
         from prunebert.methods import available_methods
 
         print("\n".join(available_methods()))
+    elif args.command == "slim":
+        from prunebert.slim import format_summary, run_slim
+
+        print(format_summary(run_slim(args.source, Path(args.output), overwrite=args.overwrite)))
     elif args.command == "demo":
         from prunebert.demo import SEEDS, format_table, run_demo
 

@@ -31,6 +31,7 @@ from prunebert.config import PruningConfig
 from prunebert.errors import PrunebertError
 from prunebert.masks import MASKS_FILE, load_masks
 from prunebert.pruner import Pruner
+from prunebert.slim import is_slim, load_slim_with_info
 from prunebert.targets import ARCHITECTURES
 
 __all__ = [
@@ -119,7 +120,11 @@ def load_model(spec: str, head: Head, num_labels: int | None = None) -> LoadedMo
         "base": AutoModel,
     }
     with _quiet_transformers():
-        model, info = auto[head].from_pretrained(path, output_loading_info=True, **kwargs)
+        if is_slim(config):  # heads / neurons physically removed: transformers cannot size it alone
+            model, missing = load_slim_with_info(path, auto[head], **kwargs)
+            info = {"missing_keys": missing}
+        else:
+            model, info = auto[head].from_pretrained(path, output_loading_info=True, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(path)
     prefix = model.base_model_prefix
     new_head = any(not k.startswith(prefix + ".") and k.split(".")[0] != prefix for k in info["missing_keys"])
