@@ -1,4 +1,5 @@
-"""The `prunebert` command: pretrain | finetune | evaluate | info | methods | slim | demo."""
+"""The `prunebert` command: pretrain | finetune | evaluate | info | methods | slim | demo, and the
+deployment commands compress | decompress | export | bench (`prunebert.deploy_cli`)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ def _stage_parser(sub: Any, name: str, cls: type[BaseModel], help_text: str, ove
 
 
 def _build_parser() -> argparse.ArgumentParser:
+    from prunebert.deploy_cli import add_deploy_parsers
     from prunebert.stages.evaluate import EvaluateConfig
     from prunebert.stages.finetune import FinetuneConfig
     from prunebert.stages.pretrain import PretrainConfig
@@ -51,6 +53,7 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--seeds", type=int, nargs="+", default=None, help="fine-tuning seeds per arm (default: 0 1 2)"
     )
+    add_deploy_parsers(sub)
     return parser
 
 
@@ -71,7 +74,11 @@ def _run_stage(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _dispatch(args: argparse.Namespace) -> None:
-    if args.command == "info":
+    from prunebert.deploy_cli import DEPLOY_COMMANDS, run_deploy
+
+    if args.command in DEPLOY_COMMANDS:
+        run_deploy(args)
+    elif args.command == "info":
         from prunebert.info import checkpoint_info, format_info
 
         info = checkpoint_info(Path(args.path))

@@ -1,0 +1,283 @@
+"""`prunebert bench`: latency of models and their runtimes as ratios to one dense baseline, from one run.
+
+The protocol, per batch size:
+1. build every runner (model x variant) and the baseline (the dense torch fp32 model of `--baseline`,
+   default the first MODEL), give each `warmup` untimed calls;
+2. `rounds` rounds; in each, every runner makes `iters` timed calls on the same seeded input, runners
+   in list order in even rounds and reversed in odd ones, so a slow drift in machine load hits all;
+3. a round whose baseline latency is more than `disturbance` (default 20%) away from the median
+   baseline latency was disturbed by other load: it is discarded for every runner (and counted);
+4. per runner: latency min/median/max over kept rounds, and the speedup `baseline / runner` computed
+   within each kept round (so both come from the same moment), reported as min/median/max.
+Static facts per model: parameters, nonzero parameters, analytic encoder FLOPs, weight bytes on disk.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from prunebert.bench_runners import (
+    DEFAULT_VARIANTS,
+    BuiltRunner,
+    RunnerFactory,
+    RunnerSettings,
+    check_variants,
+)
+from prunebert.errors import PrunebertError
+from prunebert.inference import weight_bytes
+from prunebert.targets import ENCODER_ROLES, find_targets
+from prunebert.torch_variants import CSRSettings
+
+__all__ = ["BenchSettings", "encoder_flops", "format_bench", "run_bench", "summarize_rounds"]
+
+BASELINE_VARIANT = "torch"
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """What `run_bench` measures and how; every field is a `prunebert bench` option."""
+
+    variants: tuple[str, ...] | None = None  # None: torch, onnxruntime, openvino where installed
+    baseline: str | None = None  # None: the first model
+    batch_sizes: tuple[int, ...] = (1, 8)
+    seq_len: int = 128
+    rounds: int = 5
+    iters: int = 10
+    warmup: int = 2
+    threads: int | None = None  # None: torch.get_num_threads()
+    disturbance: float = 0.2
+    csr: CSRSettings = field(default_factory=CSRSettings)
+    calibration: str | None = None
+    openvino_precision: str = "f32"
+    openvino_sparse_rate: float | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1 or self.iters < 1 or self.warmup < 0 or not self.batch_sizes:
+            raise PrunebertError("rounds and iters must be >= 1, warmup >= 0, and batch sizes non-empty")
+        if min(self.batch_sizes) < 1 or self.seq_len < 1:
+            raise PrunebertError("batch sizes and --seq-len must be >= 1")
+        if self.disturbance <= 0:
+            raise PrunebertError("--disturbance must be > 0 (a fraction: 0.2 = 20%)")
+        if self.openvino_precision not in ("f32", "bf16"):
+            raise PrunebertError("--openvino-precision must be f32 or bf16")
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+def summarize_rounds(series: list[list[float]], disturbance: float) -> dict[str, Any]:
+    """Seconds per call, one list per runner (`series[0]` the baseline), one entry per round -> stats.
+
+    Rounds whose baseline strays more than `disturbance` from its median are dropped for every runner;
+    each runner's speedup is `baseline / runner` within each kept round.
+    """
+    baseline = series[0]
+    center = statistics.median(baseline)
+    kept = [r for r, t in enumerate(baseline) if abs(t - center) <= disturbance * center]
+    runners = []
+    for times in series:
+        ratios = [baseline[r] / times[r] for r in kept]
+        runners.append(
+            {
+                "latency_s": _stats([times[r] for r in kept]),
+                "speedup": _stats(ratios),
+                "speedup_of_medians": statistics.median(baseline[r] for r in kept)
+                / statistics.median(times[r] for r in kept),
+                "round_latency_s": times,
+            }
+        )
+    discarded = [r for r in range(len(baseline)) if r not in kept]
+    return {"rounds": len(baseline), "discarded_rounds": discarded, "runners": runners}
+
+
+def _time(runner: BuiltRunner, inputs: dict[str, np.ndarray], iters: int) -> float:
+    start = time.perf_counter()
+    for _ in range(iters):
+        runner.run(inputs)
+    return (time.perf_counter() - start) / iters
+
+
+def _measure_batch(
+    factory: RunnerFactory, pairs: list[tuple[str, str]], batch: int, settings: BenchSettings
+) -> dict[str, Any]:
+    """All rounds of one batch size; `pairs[0]` is the baseline."""
+    runners = [factory.build(spec, variant, batch) for spec, variant in pairs]
+    inputs = [factory.inputs(spec, batch) for spec, _ in pairs]
+    diffs = []
+    for runner, x, (spec, _) in zip(runners, inputs, pairs, strict=True):
+        reference = factory.build(spec, BASELINE_VARIANT, batch).run(x)
+        diffs.append(float(np.abs(runner.run(x) - reference).max()))
+        for _ in range(settings.warmup):
+            runner.run(x)
+    times: list[list[float]] = [[] for _ in runners]
+    for round_index in range(settings.rounds):
+        order = list(range(len(runners)))
+        for i in order if round_index % 2 == 0 else reversed(order):
+            times[i].append(_time(runners[i], inputs[i], settings.iters))
+    summary = summarize_rounds(times, settings.disturbance)
+    rows = []
+    for i, ((spec, variant), runner, stats) in enumerate(
+        zip(pairs, runners, summary["runners"], strict=True)
+    ):
+        role = "baseline" if i == 0 else "runner"
+        rows.append(
+            {"model": spec, "variant": variant, "role": role, **stats, "max_abs_diff_vs_torch_fp32": diffs[i]}
+            | {"info": runner.info}
+        )
+    return {"batch_size": batch, "seq_len": settings.seq_len, **summary, "runners": rows}
+
+
+def encoder_flops(model: nn.Module, seq_len: int) -> dict[str, int] | None:
+    """Multiply-adds x 2 of one sequence through the encoder's matmuls: dense, and counting nonzero weights.
+
+    Linears: 2 x in x out per token (nonzero: 2 x nnz(W) per token). Attention: Q K^T and A V cost
+    2 x seq x seq x (heads x head_dim) each per layer, read from the query/value projections' widths,
+    so slimmed layers of different shapes count correctly. None if the model has no known encoder roles.
+    """
+    try:
+        targets = find_targets(model, ENCODER_ROLES)
+    except PrunebertError:
+        return None
+    dense = nonzero = 0
+    for target in targets:
+        weight = model.get_submodule(target.name).get_parameter("weight")  # (out, in)
+        dense += 2 * weight.numel() * seq_len
+        nonzero += 2 * int(torch.count_nonzero(weight)) * seq_len
+        if target.role in ("query", "value"):
+            attention = 2 * seq_len * seq_len * int(weight.shape[0])
+            dense, nonzero = dense + attention, nonzero + attention
+    return {"dense": dense, "nonzero_weights": nonzero}
+
+
+def _model_facts(factory: RunnerFactory, spec: str, seq_len: int) -> dict[str, Any]:
+    model = factory.model(spec).module
+    params = list(model.parameters())
+    return {
+        "params": sum(p.numel() for p in params),
+        "nonzero_params": sum(int((p != 0).sum()) for p in params),
+        "flops_per_sequence": encoder_flops(factory.model(spec).module.model, seq_len),
+        "weight_bytes": weight_bytes(spec),
+    }
+
+
+def _environment(threads: int, load_before: tuple[float, ...]) -> dict[str, Any]:
+    cpu = platform.processor()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        cpu = next(
+            (ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines() if "model name" in ln),
+            cpu,
+        )
+    versions = {}
+    for name in ("torch", "transformers", "onnxruntime", "openvino", "nncf"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
+        "load_average_before": list(load_before),
+        "load_average_after": list(os.getloadavg()),
+        "versions": versions,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
+def run_bench(models: list[str], settings: BenchSettings) -> dict[str, Any]:
+    """Measure every model x variant against the baseline, batch size by batch size; returns the JSON."""
+    if not models:
+        raise PrunebertError("pass at least one MODEL to bench")
+    explicit = settings.variants is not None
+    variants, skipped = check_variants(list(settings.variants or DEFAULT_VARIANTS), explicit)
+    baseline = settings.baseline or models[0]
+    # the baseline again as a runner of its own: its speedup (~1) shows the measurement's noise
+    pairs = [(baseline, BASELINE_VARIANT)] + [(m, v) for m in models for v in variants]
+    threads = settings.threads or torch.get_num_threads()
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    load_before = os.getloadavg()
+    runner_settings = RunnerSettings(
+        threads,
+        settings.seq_len,
+        settings.csr,
+        settings.calibration,
+        settings.openvino_precision,
+        settings.openvino_sparse_rate,
+        settings.seed,
+    )
+    try:
+        with tempfile.TemporaryDirectory(prefix="prunebert-bench-") as scratch:
+            factory = RunnerFactory(runner_settings, variants, Path(scratch))
+            results = [_measure_batch(factory, pairs, b, settings) for b in settings.batch_sizes]
+            facts = {
+                spec: _model_facts(factory, spec, settings.seq_len)
+                for spec in dict.fromkeys(s for s, _ in pairs)
+            }
+    finally:
+        torch.set_num_threads(previous_threads)
+    return {
+        "baseline": {"model": baseline, "variant": BASELINE_VARIANT},
+        "models": facts,
+        "results": results,
+        "skipped": skipped,
+        "settings": {**asdict(settings), "variants": variants},
+        "environment": _environment(threads, load_before),
+    }
+
+
+def _runner_line(row: dict[str, Any]) -> str:
+    s = row["speedup"]
+    variant = row["variant"] + (" (baseline)" if row["role"] == "baseline" else "")
+    return (
+        f"{_short(row['model']):<36} {variant:<18} {row['latency_s']['median'] * 1e3:>10.2f} "
+        f"{s['median']:>7.2f}x {s['min']:>5.2f}-{s['max']:<6.2f} {row['max_abs_diff_vs_torch_fp32']:>9.1e}"
+    )
+
+
+def _model_line(spec: str, facts: dict[str, Any]) -> str:
+    flops = facts["flops_per_sequence"]
+    gflops = f"{flops['dense'] / 1e9:.3f}" if flops else "n/a"
+    size = f"{facts['weight_bytes'] / 1e6:.1f}" if facts["weight_bytes"] is not None else "n/a"
+    return f"{_short(spec):<36} {facts['params']:>12,} {facts['nonzero_params']:>12,} {gflops:>11} {size:>11}"
+
+
+def format_bench(result: dict[str, Any]) -> str:
+    """A readable table per batch size: latency, speedup over the baseline, size and FLOPs."""
+    baseline = result["baseline"]["model"]
+    lines = [f"baseline: {baseline} [torch fp32 eager]; speedup = baseline / runner within each round"]
+    header = (
+        f"{'model':<36} {'variant':<18} {'median ms':>10} {'speedup':>8} {'(min-max)':>12} {'max|diff|':>9}"
+    )
+    for block in result["results"]:
+        kept = block["rounds"] - len(block["discarded_rounds"])
+        lines += [
+            "",
+            f"batch {block['batch_size']} x seq {block['seq_len']}: {kept}/{block['rounds']} rounds kept "
+            f"({len(block['discarded_rounds'])} discarded as disturbed)",
+            header,
+            *(_runner_line(row) for row in block["runners"]),
+        ]
+    lines += ["", f"{'model':<36} {'params':>12} {'nonzero':>12} {'GFLOPs/seq':>11} {'MB on disk':>11}"]
+    lines += [_model_line(spec, facts) for spec, facts in result["models"].items()]
+    lines += [f"skipped {skip['variant']}: {skip['reason']}" for skip in result["skipped"]]
+    return "\n".join(lines)
+
+
+def _short(spec: str) -> str:
+    return spec if len(spec) <= 36 else "..." + spec[-33:]

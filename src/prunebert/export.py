@@ -1,0 +1,121 @@
+"""`prunebert export`: a model to ONNX or OpenVINO IR, optionally int8, checked against PyTorch.
+
+The export itself runs in a child process (`python -m prunebert.export_worker`): `torch.onnx.export`
+was measured to slow every later eager call of the same process by ~35%, which would poison a
+benchmark or any serving code that exports first. The child writes into a temporary directory beside
+OUT and renames it into place only when everything, the manifest `prunebert_export.json` last, is written.
+
+- ONNX: `torch.onnx.export(dynamo=True)` with dynamic batch and sequence axes; ONNX Runtime's outputs
+  must match PyTorch's within `tolerance` (1e-4) on padded inputs of two shapes, or the export fails.
+  `--int8`: ONNX Runtime's quantizer, dynamic (data-free) or, with `--calibration TASK`, static QDQ
+  (per-channel int8 weights, int8 activations of MatMul/Gemm) calibrated on TASK's training split.
+- OpenVINO: `openvino.convert_model` on the torch module (not via ONNX, whose transposes defeat
+  OpenVINO's sparse kernels), saved in fp32. `--int8`: NNCF weight-only int8 (data-free) or, with
+  `--calibration`, NNCF post-training quantization on TASK's training split.
+With `--calibration` and a classifier, the task metric of PyTorch fp32 and of every exported model is
+measured on the first `eval_examples` of TASK's `eval_split` and written to the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from prunebert.errors import PrunebertError
+from prunebert.runtimes import require
+
+__all__ = ["EXPORT_FILE", "FILES", "FORMATS", "ExportOptions", "export_model", "format_export"]
+
+FORMATS = ("onnx", "openvino")
+EXPORT_FILE = "prunebert_export.json"
+#: (format, int8) -> the model file inside the export directory
+FILES = {
+    ("onnx", False): "model.onnx",
+    ("onnx", True): "model.int8.onnx",
+    ("openvino", False): "openvino_model.xml",
+    ("openvino", True): "openvino_model.int8.xml",
+}
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What to export and how; JSON-serialisable so the child process receives exactly this."""
+
+    model: str
+    out: str
+    format: str = "onnx"
+    int8: bool = False
+    calibration: str | None = None  # task: built-in name, hub name or local file/dir
+    calibration_examples: int = 300
+    eval_split: str = "test"
+    eval_examples: int | None = 1000  # None: the whole split
+    measure_accuracy: bool = True  # with a calibration task and a classifier
+    max_length: int = 128
+    opset: int | None = None
+    tolerance: float = 1e-4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise PrunebertError(f"unknown export format {self.format!r}; choose from {', '.join(FORMATS)}")
+        if self.calibration is not None and not self.int8:
+            raise PrunebertError("--calibration only applies to int8; add --int8 or drop --calibration")
+        if self.calibration_examples < 1 or (self.eval_examples is not None and self.eval_examples < 1):
+            raise PrunebertError("calibration and evaluation example counts must be >= 1")
+        if self.eval_split not in ("train", "dev", "test"):
+            raise PrunebertError(f"eval split {self.eval_split!r} is not one of train, dev, test")
+
+    def needs(self) -> tuple[str, ...]:
+        """Modules this export imports."""
+        if self.format == "onnx":
+            return ("onnx", "onnxscript", "onnxruntime")
+        return ("openvino", "nncf") if self.int8 else ("openvino",)
+
+
+def export_model(options: ExportOptions, overwrite: bool = False, quiet: bool = True) -> dict[str, Any]:
+    """Export in a child process; returns the manifest it wrote to OUT/prunebert_export.json."""
+    require(*options.needs())
+    out = Path(options.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise PrunebertError(f"{out} exists and is not empty; pass a new directory or --overwrite")
+    command = [sys.executable, "-m", "prunebert.export_worker", json.dumps(asdict(options))]
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(command, capture_output=quiet, text=True, env=env, check=False)
+    if proc.returncode != 0:
+        raise PrunebertError(_child_error(proc.stderr or "", proc.returncode))
+    return dict(json.loads((out / EXPORT_FILE).read_text()))
+
+
+def _child_error(stderr: str, code: int) -> str:
+    """The child's one-line PrunebertError, or the last line of its traceback."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if line.startswith("prunebert: error: "):
+            return line.removeprefix("prunebert: error: ")
+    last = lines[-1] if lines else f"exit status {code}"
+    return f"export failed in its child process ({last[:200]}); rerun with --verbose to see its log"
+
+
+def format_export(manifest: dict[str, Any]) -> str:
+    """A readable summary of an export manifest."""
+    check = manifest["check"]
+    lines = [
+        f"exported {manifest['model']} -> {manifest['out']} ({manifest['format']})",
+        f"inputs {', '.join(manifest['inputs'])} -> {manifest['output']}; dynamic batch and sequence axes",
+    ]
+    for name, info in manifest["files"].items():
+        lines.append(f"  {name}: {info['bytes']:,} bytes, max |diff| vs PyTorch {info['max_abs_diff']:.2e}")
+    lines.append(f"fp32 check: max |diff| {check['max_abs_diff']:.2e} <= {check['tolerance']:.0e}")
+    accuracy = manifest.get("accuracy")
+    if accuracy:
+        lines.append(f"{accuracy['metric']} on {accuracy['examples']} {accuracy['split']} examples:")
+        for name, scores in accuracy["scores"].items():
+            lines.append(f"  {name:<22} {scores[accuracy['metric_key']]:.4f}")
+    elif manifest.get("accuracy_note"):
+        lines.append(manifest["accuracy_note"])
+    return "\n".join(lines)

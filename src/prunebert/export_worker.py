@@ -1,0 +1,308 @@
+"""The child process of `prunebert.export`: export, quantize, check and score, then move OUT into place.
+
+Run as `python -m prunebert.export_worker '<ExportOptions as JSON>'`; a PrunebertError is printed as
+`prunebert: error: ...` on stderr with exit status 2, which the parent re-raises.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from prunebert.errors import PrunebertError
+from prunebert.export import EXPORT_FILE, FILES, ExportOptions
+from prunebert.inference import (
+    InferenceModel,
+    TaskBatches,
+    example_inputs,
+    load_inference_model,
+    task_batches,
+)
+from prunebert.io import write_json
+from prunebert.metrics import compute_metrics
+from prunebert.runtimes import Runner, onnxruntime_runner, openvino_runner, torch_runner
+
+__all__ = ["check_inputs", "export_onnx", "export_openvino", "main", "run_export"]
+
+
+def check_inputs(model: InferenceModel, seed: int) -> list[dict[str, np.ndarray]]:
+    """Two batches of different shapes, the second right-padded, to check dynamic axes and masking."""
+    first = example_inputs(model.config, model.input_names, 2, 16, seed)
+    second = example_inputs(model.config, model.input_names, 3, 11, seed + 1)
+    if "attention_mask" in second:
+        second["attention_mask"][1, 7:] = 0
+    return [first, second]
+
+
+def _max_diff(reference: Runner, candidate: Runner, inputs: Sequence[dict[str, np.ndarray]]) -> float:
+    return max(float(np.abs(reference(x) - candidate(x)).max()) for x in inputs)
+
+
+def export_onnx(model: InferenceModel, path: Path, opset: int | None) -> None:
+    """`torch.onnx.export(dynamo=True)` with dynamic (batch, seq) axes, weights inside the file."""
+    example = model.torch_inputs(example_inputs(model.config, model.input_names, 2, 16))
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
+    dynamic = {name: {0: batch, 1: seq} for name in model.input_names}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            model.module,
+            example,
+            dynamo=True,
+            input_names=list(model.input_names),
+            output_names=[model.output_name],
+            dynamic_shapes=dynamic,
+            opset_version=opset,
+            external_data=False,
+            verbose=False,
+        )
+    if program is None:
+        raise PrunebertError("torch.onnx.export returned no program; upgrade torch (>= 2.6)")
+    import onnx
+
+    proto = program.model_proto
+    del proto.graph.value_info[:]  # stale intermediate shapes from tracing break ONNX shape inference
+    onnx.save(proto, str(path))
+
+
+def quantize_onnx(source: Path, target: Path, calibration: TaskBatches | None) -> dict[str, Any]:
+    """ONNX Runtime int8: dynamic (data-free), or static QDQ calibrated on `calibration`'s batches."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    if calibration is None:
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True)
+        return {"method": "onnxruntime dynamic (int8 per-channel weights, int8 activations per batch)"}
+
+    class Reader(CalibrationDataReader):
+        def __init__(self, batches: list[dict[str, np.ndarray]]) -> None:
+            self.batches = iter(batches)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.batches, None)
+
+    quantize_static(
+        str(source),
+        str(target),
+        Reader(calibration.batches),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=["MatMul", "Gemm"],
+        per_channel=True,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        extra_options={"ActivationSymmetric": True},
+    )
+    return {"method": "onnxruntime static QDQ (per-channel int8 weights, int8 activations of MatMul/Gemm)"}
+
+
+def export_openvino(model: InferenceModel, path: Path) -> Any:
+    """`openvino.convert_model` on the torch module, dynamic (batch, seq), saved uncompressed (fp32)."""
+    import openvino as ov
+
+    arrays = example_inputs(model.config, model.input_names, 2, 16)
+    example = {name: torch.from_numpy(array) for name, array in arrays.items()}
+    shapes = [(name, [-1, -1], ov.Type.i64) for name in model.input_names]
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        converted = ov.convert_model(model.module, example_input=example, input=shapes)
+    converted.outputs[0].get_tensor().set_names({model.output_name})
+    ov.save_model(converted, str(path), compress_to_fp16=False)
+    return converted
+
+
+def quantize_openvino(converted: Any, target: Path, calibration: TaskBatches | None) -> dict[str, Any]:
+    """NNCF int8: weight-only (data-free), or post-training quantization calibrated on the task."""
+    import nncf
+    import openvino as ov
+
+    if calibration is None:
+        quantized = nncf.compress_weights(converted, mode=nncf.CompressWeightsMode.INT8_ASYM)
+        method = "nncf.compress_weights INT8_ASYM (weight-only, data-free)"
+    else:
+        dataset = nncf.Dataset(calibration.batches)
+        size = sum(len(b[next(iter(b))]) for b in calibration.batches)
+        quantized = nncf.quantize(
+            converted, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calibration.batches)
+        )
+        method = f"nncf.quantize TRANSFORMER ({size} calibration examples)"
+    ov.save_model(quantized, str(target), compress_to_fp16=False)
+    return {"method": method}
+
+
+def _runner(fmt: str, path: Path) -> Runner:
+    if fmt == "onnx":
+        return onnxruntime_runner(path, torch.get_num_threads())
+    return openvino_runner(path, torch.get_num_threads(), precision="f32")
+
+
+def _calibration(options: ExportOptions, model: InferenceModel) -> TaskBatches | None:
+    if options.calibration is None:
+        return None
+    return task_batches(
+        options.calibration, model, "train", options.calibration_examples, 8, options.max_length, options.seed
+    )
+
+
+def _accuracy(
+    options: ExportOptions, model: InferenceModel, runners: dict[str, Runner]
+) -> tuple[dict[str, Any] | None, str | None]:
+    """Task metric of every runner on the same examples, or why it was not measured."""
+    if options.calibration is None or not options.measure_accuracy:
+        return None, "accuracy not measured: pass --calibration TASK to measure it"
+    if model.output_name != "logits" or model.new_head:
+        return None, "accuracy not measured: the model has no trained classification head"
+    data = task_batches(
+        options.calibration,
+        model,
+        options.eval_split,
+        options.eval_examples,
+        32,
+        options.max_length,
+        options.seed,
+    )
+    scores = {}
+    for name, run in runners.items():
+        predictions = np.concatenate([run(batch) for batch in data.batches])
+        scores[name] = compute_metrics(data.metric, predictions, data.labels)
+    key = next(iter(scores["torch_fp32"]))
+    accuracy = {"split": options.eval_split, "examples": len(data.labels), "metric": data.metric}
+    return {**accuracy, "metric_key": key, "scores": scores}, None
+
+
+def run_export(options: ExportOptions) -> dict[str, Any]:
+    """Export, quantize, check and score into a temporary directory, then move it to `options.out`."""
+    out = Path(options.out).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model = load_inference_model(options.model)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; an export is meant to be shared
+    try:
+        manifest = _export_into(options, model, tmp, out)
+        _move_into_place(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return manifest
+
+
+def _export_into(options: ExportOptions, model: InferenceModel, tmp: Path, out: Path) -> dict[str, Any]:
+    model.config.save_pretrained(tmp)
+    model.tokenizer.save_pretrained(tmp)
+    fp32_path = tmp / FILES[(options.format, False)]
+    reference = torch_runner(model.module, model.input_names)
+    if options.format == "onnx":
+        export_onnx(model, fp32_path, options.opset)
+    else:
+        converted = export_openvino(model, fp32_path)
+    inputs = check_inputs(model, options.seed)
+    runners = {"torch_fp32": reference, f"{options.format}_fp32": _runner(options.format, fp32_path)}
+    diff = _max_diff(reference, runners[f"{options.format}_fp32"], inputs)
+    if not diff <= options.tolerance:
+        raise PrunebertError(
+            f"{options.format} outputs differ from PyTorch by {diff:.2e} > {options.tolerance:.0e}; "
+            "the export is wrong for this model: report it with the model's config"
+        )
+    files = {fp32_path.name: {"precision": "fp32", "max_abs_diff": diff}}
+    int8: dict[str, Any] | None = None
+    if options.int8:
+        int8_path = tmp / FILES[(options.format, True)]
+        calibration = _calibration(options, model)
+        if options.format == "onnx":
+            int8 = quantize_onnx(fp32_path, int8_path, calibration)
+        else:
+            int8 = quantize_openvino(converted, int8_path, calibration)
+        runners[f"{options.format}_int8"] = _runner(options.format, int8_path)
+        files[int8_path.name] = {
+            "precision": "int8",
+            "max_abs_diff": _max_diff(reference, runners[f"{options.format}_int8"], inputs),
+        }
+    for name, info in files.items():
+        info["bytes"] = _bytes(tmp / name)
+    accuracy, note = _accuracy(options, model, runners)
+    manifest = {
+        "model": options.model,
+        "out": str(out),
+        "format": options.format,
+        "inputs": list(model.input_names),
+        "output": model.output_name,
+        "files": files,
+        "check": {
+            "max_abs_diff": diff,
+            "tolerance": options.tolerance,
+            "shapes": [list(x[model.input_names[0]].shape) for x in inputs],
+        },
+        "int8": int8,
+        "calibration": options.calibration,
+        "accuracy": accuracy,
+        "accuracy_note": note,
+        "options": asdict(options),
+        "versions": _versions(options.format),
+    }
+    write_json(tmp / EXPORT_FILE, manifest)
+    return manifest
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _bytes(path: Path) -> int:
+    """A model file's bytes with its companions: OpenVINO's `.bin` weights, ONNX external data."""
+    companions = [path.with_suffix(".bin")] if path.suffix == ".xml" else [Path(f"{path}.data")]
+    return sum(p.stat().st_size for p in [path, *companions] if p.is_file())
+
+
+def _versions(fmt: str) -> dict[str, str]:
+    names = ["torch", "transformers"] + (["onnx", "onnxruntime"] if fmt == "onnx" else ["openvino", "nncf"])
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished directory to `out`; an existing `out` is moved aside first, then removed."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{tmp.name.rsplit('-', 1)[-1]}")
+        out.rename(old)
+    tmp.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the child process."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        options = ExportOptions(**json.loads(args[0]))
+        run_export(options)
+    except PrunebertError as exc:
+        print(f"prunebert: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

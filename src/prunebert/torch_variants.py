@@ -1,0 +1,97 @@
+"""Faster eager-PyTorch forms of one model: CSR Linears, int8 dynamic quantization, bf16, and their mixes.
+
+A variant is a `+`-joined name: `fp32` (as loaded), `bf16` (all weights and activations bfloat16),
+`int8` (`torch.ao.quantization.quantize_dynamic`: int8 weights, activations quantized per batch, fp32
+accumulate), `csr` (CSR Linears where measured faster, see `prunebert.sparse_linear`), `csr+int8` (CSR
+where faster, int8 for the remaining Linears). Each works on whatever Linears the model has, so they
+combine with slimmed (structurally smaller) models unchanged. CSR has no bf16 kernel: `csr+bf16` is
+refused.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunebert.errors import PrunebertError
+from prunebert.sparse_linear import probes_as_dicts, swap_csr_linears
+
+__all__ = ["TORCH_VARIANTS", "CSRSettings", "parse_variant", "prepare_torch_variant", "quantize_int8"]
+
+TORCH_VARIANTS = ("fp32", "bf16", "int8", "csr", "csr+int8")
+
+
+@dataclass(frozen=True)
+class CSRSettings:
+    """How `csr` variants pick layers: swap where dense/CSR time >= threshold, probing layers this sparse."""
+
+    threshold: float = 1.1
+    min_sparsity: float = 0.5
+    repeats: int = 5
+    force: bool = False  # swap every candidate without timing (tests)
+
+
+def parse_variant(name: str) -> tuple[bool, str]:
+    """`"csr+int8"` -> (use CSR, precision "int8"); unknown or impossible mixes are one-line errors."""
+    parts = set(name.split("+"))
+    precisions = parts & {"fp32", "bf16", "int8"}
+    unknown = parts - {"csr", "fp32", "bf16", "int8"}
+    if unknown or len(precisions) > 1 or not parts:
+        raise PrunebertError(f"unknown torch variant {name!r}; choose from {', '.join(TORCH_VARIANTS)}")
+    precision = next(iter(precisions), "fp32")
+    if "csr" in parts and precision == "bf16":
+        raise PrunebertError("torch has no bf16 CSR kernel on CPU; use csr, csr+int8 or bf16 alone")
+    return "csr" in parts, precision
+
+
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """int8 dynamic quantization of every `nn.Linear` (a quantized copy; the input model is untouched)."""
+    quantization = getattr(torch.ao, "quantization", None)
+    quantize_dynamic = getattr(quantization, "quantize_dynamic", None)
+    if quantize_dynamic is None:
+        raise PrunebertError(
+            "this torch has no torch.ao.quantization.quantize_dynamic; use the ONNX Runtime or OpenVINO int8 "
+            "export (prunebert export --int8) instead"
+        )
+    with warnings.catch_warnings():  # deprecated in favour of torchao, still the built-in CPU path in 2.13
+        warnings.simplefilter("ignore")
+        quantized: nn.Module = quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+    return quantized
+
+
+@dataclass
+class PreparedVariant:
+    """A variant's module and what was done to make it (CSR probes, precision)."""
+
+    module: nn.Module
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def prepare_torch_variant(
+    module: nn.Module, variant: str, tokens: int, csr: CSRSettings | None = None
+) -> PreparedVariant:
+    """A copy of `module` made into `variant`; CSR layers are timed on `tokens` (batch x seq) rows."""
+    use_csr, precision = parse_variant(variant)
+    model = copy.deepcopy(module).eval()
+    info: dict[str, Any] = {"variant": variant, "precision": precision}
+    if use_csr:
+        settings = csr or CSRSettings()
+        probes = swap_csr_linears(
+            model, tokens, settings.threshold, settings.min_sparsity, settings.repeats, settings.force
+        )
+        info["csr"] = {
+            "threshold": settings.threshold,
+            "swapped": sum(p.swapped for p in probes),
+            "probed": len(probes),
+            "layers": probes_as_dicts(probes),
+        }
+    if precision == "int8":
+        model = quantize_int8(model)
+    elif precision == "bf16":
+        model = model.to(torch.bfloat16)
+    return PreparedVariant(model, info)
