@@ -1,42 +1,22 @@
 """End-to-end on a tiny model and local files: pretrain (pruning) -> info -> finetune -> evaluate."""
 
 import json
-import random
 from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModel, BertModel, PreTrainedTokenizerBase
+from transformers import AutoModel, PreTrainedTokenizerBase
 
-from conftest import TINY_WORDS
 from prunebert.cli import main
 from prunebert.info import checkpoint_info
-from tiny import tiny_config, tiny_mlm
+from tiny import write_workspace
 
 FAST = ["--train.batch_size", "4", "--train.logging_steps", "2", "--train.save_steps", "4"]
 
 
-def _sentences(rng: random.Random, n: int) -> list[tuple[str, int]]:
-    rows = []
-    for _ in range(n):
-        label = rng.randint(0, 1)
-        cue = rng.choice(["good", "great"] if label else ["bad", "awful"])
-        words = [rng.choice(TINY_WORDS[:13]) for _ in range(rng.randint(3, 8))]
-        words.insert(rng.randint(0, len(words)), cue)
-        rows.append((" ".join(words), label))
-    return rows
-
-
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: PreTrainedTokenizerBase) -> Path:
-    root = tmp_path_factory.mktemp("e2e")
-    for name, model in (("tiny-mlm", tiny_mlm()), ("tiny-encoder", BertModel(tiny_config()))):
-        model.save_pretrained(root / name)
-        tiny_tokenizer.save_pretrained(root / name)
-    rng = random.Random(0)
-    (root / "text.txt").write_text("\n\n".join(s for s, _ in _sentences(rng, 300)))
-    (root / "task.csv").write_text("text,label\n" + "".join(f"{s},{y}\n" for s, y in _sentences(rng, 200)))
-    return root
+    return write_workspace(tmp_path_factory.mktemp("e2e"), tiny_tokenizer)
 
 
 def _results(run: Path) -> dict:

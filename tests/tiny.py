@@ -1,10 +1,12 @@
 """Tiny randomly initialised encoders built from configs: the models of the unit tests (never downloaded).
 
-Also the pieces of a tiny Trainer run: a synthetic dataset, short CPU training arguments, a stop callback.
+Also the pieces of a tiny Trainer run: a synthetic dataset, short CPU training arguments, a stop callback,
+and a workspace of local files (saved tiny models, a text file, a labelled csv) for whole CLI runs.
 """
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import datasets
@@ -13,11 +15,15 @@ from transformers import (
     AutoConfig,
     AutoModelForMaskedLM,
     AutoModelForSequenceClassification,
+    BertModel,
     PretrainedConfig,
     PreTrainedModel,
+    PreTrainedTokenizerBase,
     TrainerCallback,
     TrainingArguments,
 )
+
+from conftest import TINY_WORDS
 
 SIZES = {"hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 64, "num_hidden_layers": 2}
 DISTIL_SIZES = {"dim": 32, "n_heads": 4, "hidden_dim": 64, "n_layers": 2}
@@ -80,3 +86,26 @@ class StopAt(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step >= self.step:
             control.should_training_stop = True
+
+
+def sentences(rng: random.Random, n: int) -> list[tuple[str, int]]:
+    """`n` short sentences over the tiny vocabulary; label 1 iff the cue word is positive."""
+    rows = []
+    for _ in range(n):
+        label = rng.randint(0, 1)
+        cue = rng.choice(["good", "great"] if label else ["bad", "awful"])
+        words = [rng.choice(TINY_WORDS[:13]) for _ in range(rng.randint(3, 8))]
+        words.insert(rng.randint(0, len(words)), cue)
+        rows.append((" ".join(words), label))
+    return rows
+
+
+def write_workspace(root: Path, tokenizer: PreTrainedTokenizerBase) -> Path:
+    """`tiny-mlm/`, `tiny-encoder/` (saved with `tokenizer`), `text.txt` and `task.csv` under `root`."""
+    for name, model in (("tiny-mlm", tiny_mlm()), ("tiny-encoder", BertModel(tiny_config()))):
+        model.save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+    rng = random.Random(0)
+    (root / "text.txt").write_text("\n\n".join(s for s, _ in sentences(rng, 300)))
+    (root / "task.csv").write_text("text,label\n" + "".join(f"{s},{y}\n" for s, y in sentences(rng, 200)))
+    return root
