@@ -19,6 +19,8 @@ from prunebert.methods.structured import (
     normalize_per_layer,
 )
 from prunebert.pruner import METHOD_STATE_FILE, Pruner
+from prunebert.recipes import dump_recipe, load_recipe, validate_recipe
+from prunebert.stages.finetune import FinetuneConfig
 from prunebert.structure import (
     broadcast_groups,
     column_group_reduce,
@@ -298,3 +300,11 @@ def test_resume_between_rounds_restores_importance(tmp_path: Path) -> None:
     resumed, _ = _trainer_run(tmp_path / "cut", resume=True)
     assert [s for _, s in full.history] == [0.25, 0.5]
     assert all(torch.equal(full.masks[n], resumed.masks[n]) for n in full.masks)
+
+
+def test_structured_recipe_validates_and_round_trips(tmp_path: Path) -> None:
+    recipe = load_recipe(Path(__file__).parents[1] / "recipes" / "finetune-structured50.yaml")
+    config = validate_recipe(FinetuneConfig, recipe)
+    assert config.pruning is not None and config.pruning.method == "structured" and config.distill is not None
+    (tmp_path / "again.yaml").write_text(dump_recipe(config))
+    assert validate_recipe(FinetuneConfig, load_recipe(tmp_path / "again.yaml")) == config

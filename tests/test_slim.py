@@ -22,7 +22,7 @@ from prunebert.pruner import Pruner
 from prunebert.slim import SLIM_KEY, NoHeads, load_slim, plan_slim, slice_masks, slim_model
 from prunebert.structure import group_sets
 from prunebert.targets import find_targets
-from tiny import tiny_classifier, tiny_config, tiny_mlm
+from tiny import tiny_classifier, tiny_config, tiny_mlm, write_workspace
 
 IDS = torch.randint(0, 128, (3, 11), generator=torch.Generator().manual_seed(3))
 MASK = torch.tensor([[1] * 11, [1] * 7 + [0] * 4, [1] * 3 + [0] * 8])
@@ -263,3 +263,23 @@ def test_pruning_a_slimmed_model_further() -> None:
     pruner.after_backward()
     pruner.update(0)
     assert plan_slim(model).count("heads") == (1, 2)
+
+
+def test_finetune_structured_then_slim_then_evaluate(
+    tmp_path: Path, tiny_tokenizer: PreTrainedTokenizerBase, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The whole path from the command line: prune heads and neurons while fine-tuning, slim, evaluate."""
+    space = write_workspace(tmp_path, tiny_tokenizer)
+    run, slim, fast = space / "ft", space / "slim", ["--train.batch_size", "4", "--max_seq_length", "16"]
+    argv = ["finetune", "--model", str(space / "tiny-mlm"), "--task", str(space / "task.csv")]
+    argv += ["--output_dir", str(run), "--train.max_steps", "10", "--pruning.method", "structured", *fast]
+    assert main([*argv, "--pruning.sparsity", "0.5", "--train.save_steps", "100"]) == 0
+    tuned = json.loads((run / "results.json").read_text())
+    assert tuned["sparsity"]["overall"] == pytest.approx(0.5, abs=1e-6)
+    assert main(["slim", str(run), str(slim)]) == 0
+    summary = json.loads((slim / "slim.json").read_text())
+    assert summary["heads_kept"] == [4, 8] and summary["neurons_kept"] == [64, 128]
+    out = space / "eval.json"
+    evaluate = ["evaluate", "--model", str(slim), "--task", str(space / "task.csv"), "--output", str(out)]
+    assert main([*evaluate, "--max_seq_length", "16"]) == 0
+    assert json.loads(out.read_text())["metrics"] == tuned["metrics"]
