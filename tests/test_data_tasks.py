@@ -143,12 +143,12 @@ def test_max_train_examples_subsamples_train_only(tmp_path: Path) -> None:
     [
         (
             {"text_column": "txt"},
-            r"text column 'txt' not in .*d\.csv \(columns: text, label\); pass --data\.text-column",
+            r"text column 'txt' not in .*d\.csv \(columns: text, label\); pass --text_column",
         ),
-        ({"text_pair_column": "b"}, r"text pair column 'b' not in .*; pass --data\.text-pair-column NAME"),
+        ({"text_pair_column": "b"}, r"text pair column 'b' not in .*; pass --text_pair_column NAME"),
         (
             {"label_column": "y"},
-            r"label column 'y' not in .*\(columns: text, label\); pass --data\.label-column",
+            r"label column 'y' not in .*\(columns: text, label\); pass --label_column",
         ),
     ],
 )

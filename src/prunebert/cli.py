@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from pydantic import BaseModel
 
@@ -28,13 +28,21 @@ def _stage_parser(sub: Any, name: str, cls: type[BaseModel], help_text: str, ove
     add_config_options(parser, cls)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line naming the fix, like every other prunebert error."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print `prunebert: error: ...; see ... --help` and exit with status 2."""
+        self.exit(2, f"prunebert: error: {message}; see `{self.prog} --help`\n")
+
+
 def _build_parser() -> argparse.ArgumentParser:
     from prunebert.deploy_cli import add_deploy_parsers
     from prunebert.stages.evaluate import EvaluateConfig
     from prunebert.stages.finetune import FinetuneConfig
     from prunebert.stages.pretrain import PretrainConfig
 
-    parser = argparse.ArgumentParser(prog="prunebert", description=__doc__)
+    parser = _Parser(prog="prunebert", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _stage_parser(sub, "pretrain", PretrainConfig, "continued MLM pre-training, optionally pruning")
     _stage_parser(sub, "finetune", FinetuneConfig, "task fine-tuning with a fixed mask or pruning")
@@ -105,7 +113,11 @@ def _dispatch(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; user errors print one line on stderr and exit with status 2."""
-    args = _build_parser().parse_args(argv)
+    parser = _build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # reported here, where the subcommand whose --help lists the options is known
+        fix = f"see `prunebert {args.command} --help`"
+        parser.exit(2, f"prunebert: error: unrecognized arguments: {' '.join(unknown)}; {fix}\n")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         _dispatch(args)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 import transformers
+from safetensors import SafetensorError
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -70,9 +71,15 @@ def resolve_model_path(spec: str) -> str:
     """Built-in name -> cached directory; prunebert run dir -> its `model/`; anything else unchanged."""
     if spec in assets.BUILTIN_MODELS:
         return str(assets.model_dir(spec))
-    path = Path(spec)
+    path = Path(spec).expanduser()
     if (path / "model" / "config.json").is_file():
         return str(path / "model")
+    local = path.is_absolute() or spec.startswith((".", "~")) or spec.count("/") > 1  # not a hub id
+    if local and not path.exists():
+        raise PrunebertError(
+            f"model path {spec} does not exist; pass an existing model directory, a hub name or a "
+            f"built-in name ({', '.join(sorted(assets.BUILTIN_MODELS))})"
+        )
     if path.exists() and not (path / "config.json").is_file():
         raise PrunebertError(
             f"{spec} has no config.json; pass a directory written by save_pretrained or prunebert"
@@ -119,16 +126,44 @@ def load_model(spec: str, head: Head, num_labels: int | None = None) -> LoadedMo
         "classification": AutoModelForSequenceClassification,
         "base": AutoModel,
     }
-    with _quiet_transformers():
+    _refuse_pickles(spec, Path(path))
+    with _quiet_transformers(), _damaged(spec, "weights"):
         if is_slim(config):  # heads / neurons physically removed: transformers cannot size it alone
             model, missing = load_slim_with_info(path, auto[head], **kwargs)
             info = {"missing_keys": missing}
         else:
-            model, info = auto[head].from_pretrained(path, output_loading_info=True, **kwargs)
+            model, info = auto[head].from_pretrained(  # safetensors only: never unpickle a user's file
+                path, output_loading_info=True, use_safetensors=True, **kwargs
+            )
+    with _quiet_transformers(), _damaged(spec, "tokenizer"):
         tokenizer = AutoTokenizer.from_pretrained(path)
     prefix = model.base_model_prefix
     new_head = any(not k.startswith(prefix + ".") and k.split(".")[0] != prefix for k in info["missing_keys"])
     return LoadedModel(model, tokenizer, path, new_head)
+
+
+def _refuse_pickles(spec: str, directory: Path) -> None:
+    """A local model with only pickled weights is refused: unpickling a user's file can run code."""
+    safe = any((directory / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json"))
+    pickled = sorted(p.name for p in directory.glob("pytorch_model*.bin")) if directory.is_dir() else []
+    if pickled and not safe:
+        raise PrunebertError(
+            f"model {spec!r} has only pickled weights ({pickled[0]}); prunebert reads safetensors only: "
+            "convert it once with from_pretrained(...).save_pretrained(..., safe_serialization=True)"
+        )
+
+
+@contextlib.contextmanager
+def _damaged(spec: str, what: str) -> Iterator[None]:
+    """A truncated, corrupt or missing file while loading becomes a one-line error naming the model."""
+    try:
+        yield
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise PrunebertError(
+            f"cannot load the {what} of model {spec!r} ({detail}); the files are damaged or incomplete: "
+            "save the model again or pass another one"
+        ) from None
 
 
 def _architectures(config: PretrainedConfig) -> str:

@@ -14,9 +14,9 @@ RawSplit = dict[str, list[Any]]
 """One split as plain column lists: "text", optionally "text_pair", and "label"."""
 
 _OPTION = {
-    "text": "--data.text-column",
-    "text_pair": "--data.text-pair-column",
-    "label": "--data.label-column",
+    "text": "--text_column",
+    "text_pair": "--text_pair_column",
+    "label": "--label_column",
 }
 
 
@@ -91,7 +91,7 @@ def _label_kind(values: Sequence[Any], where: str) -> str:
     found = ", ".join(sorted(kinds))
     raise PrunebertError(
         f"labels in {where} must be all strings or all integers (floats for regression), found {found}; "
-        f"fix the label values or pass --data.label-column NAME"
+        f"fix the label values or pass --label_column NAME"
     )
 
 

@@ -173,7 +173,7 @@ def _blocks(documents: list[str], tokenizer: PreTrainedTokenizerBase, block_size
     if n_blocks < 2:
         raise PrunebertError(
             f"the text has {len(stream)} tokens, too few for 2 blocks of {block_size}; "
-            f"pass more text or a smaller block size"
+            f"pass more text or a smaller --block_size"
         )
     cut = np.asarray(stream[: n_blocks * body], dtype=np.int64).reshape(n_blocks, body)
     cls = np.full((n_blocks, 1), tokenizer.cls_token_id, dtype=np.int64)
