@@ -104,6 +104,7 @@ class Pruner:
 
     def bake(self) -> nn.Module:
         """Write the zeros into the weights for good and remove every hook; returns the plain model."""
+        self.method.finalize()
         self.enforce()
         self.detach()
         return self.model

@@ -1,6 +1,7 @@
 """Pruning methods, one small module each, found by name through the registry."""
 
 from prunebert.methods import (  # noqa: F401  (registers them)
+    gates,
     magnitude,
     movement,
     nip,

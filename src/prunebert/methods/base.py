@@ -78,6 +78,9 @@ class PruningMethod:
     def on_masks_updated(self, sparsity: float, final: bool) -> None:
         """Called after the pruner set new masks; `final` once the target sparsity is reached."""
 
+    def finalize(self) -> None:
+        """Called by `Pruner.bake`: leave the model plain (e.g. fold learned gates into the weights)."""
+
     def log_metrics(self) -> dict[str, float]:
         """Numbers worth logging next to the loss (e.g. RPP's fraction of exact zeros)."""
         return {}

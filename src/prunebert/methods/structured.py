@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from prunebert.config import PruningConfig
 
 __all__ = [
+    "GroupPruning",
     "HeadPruning",
     "NeuronPruning",
     "StructuredOptions",
@@ -87,27 +88,19 @@ class StructuredOptions(MethodOptions):
             raise ValueError(f"normalize must be true or false, got {self.normalize!r}")
 
 
-@register_method("structured")
-class StructuredPruning(PruningMethod):
-    """Prune whole heads (in attention targets) and FFN neurons (in FFN targets), each to `sparsity`."""
+class GroupPruning(PruningMethod):
+    """Base of methods that prune whole heads (attention targets) and neurons (FFN targets) to `sparsity`.
 
-    options_cls: ClassVar[type[MethodOptions]] = StructuredOptions
+    Subclasses say how important each group is (`group_values`); this class spreads the values over the
+    member weights as scores and turns them back into whole-group masks.
+    """
+
     structured = True
-    defaults: ClassVar[dict[str, Any]] = {
-        "schedule": "iterative",
-        "iterations": 5,
-        "start_fraction": 0.2,
-        "end_fraction": 0.8,
-        "scope": "global",
-    }
 
     def __init__(self, options: MethodOptions, seed: int = 0) -> None:
         super().__init__(options, seed)
-        assert isinstance(options, StructuredOptions)
-        self.opts = options
         self.sets: list[GroupSet] = []
         self.scope = "global"
-        self._importance: dict[str, torch.Tensor] = {}  # set key -> (G,) float32, summed since last round
         self._pruned: dict[str, float] = {}  # kind -> fraction of groups pruned at the last round
 
     def bind(self, model: nn.Module, targets: Sequence[Target], config: PruningConfig) -> None:
@@ -122,33 +115,15 @@ class StructuredPruning(PruningMethod):
         self.sets = group_sets(targets, getattr(model, "config"))  # noqa: B009  (any nn.Module)
         self.scope = config.scope
 
-    @torch.no_grad()
-    def after_backward(self, weights: Mapping[str, torch.Tensor]) -> None:
-        """Add this step's |dL/d(gate)| of every head / neuron (Taylor criterion only)."""
-        if self.opts.criterion != "taylor":
-            return
-        for s in self.sets:
-            w = weights[s.output.param_name]
-            if w.grad is None:
-                continue
-            step = gate_gradient(w, w.grad, s.group_size).abs()
-            previous = self._importance.get(s.key)
-            self._importance[s.key] = step if previous is None else previous.to(step.device) + step
-
-    def _group_importance(self, s: GroupSet, weight: torch.Tensor) -> torch.Tensor:
-        """(G,) importance of the set's groups, normalised per layer when asked."""
-        if self.opts.criterion == "magnitude":
-            values = group_norms(weight, s.group_size)
-        else:
-            groups = weight.shape[1] // s.group_size
-            values = self._importance.get(s.key, torch.zeros(groups)).to(weight.device)
-        return normalize_per_layer(values) if self.opts.normalize else values
+    def group_values(self, s: GroupSet, weight: torch.Tensor) -> torch.Tensor:
+        """(G,) importance of the groups of `s` (higher = keep), given its output projection's weight."""
+        raise NotImplementedError
 
     def scores(self, weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Each group's importance spread over its rows / columns of every member weight."""
         out = {}
         for s in self.sets:
-            values = self._group_importance(s, weights[s.output.param_name])
+            values = self.group_values(s, weights[s.output.param_name])
             for target, axis in s.members():
                 shape = weights[target.param_name].shape
                 out[target.param_name] = broadcast_groups(values, s.group_size, shape, axis)
@@ -173,13 +148,55 @@ class StructuredPruning(PruningMethod):
                     masks[target.param_name] = broadcast_groups(keep[s.key], s.group_size, shape, axis)
         return masks
 
-    def on_masks_updated(self, sparsity: float, final: bool) -> None:
-        """Re-estimate importance from scratch for the next round, as in the paper's iterative pruning."""
-        self._importance = {}
-
     def log_metrics(self) -> dict[str, float]:
         """`heads_pruned` / `neurons_pruned`: fraction of groups removed at the last round."""
         return {f"{kind}_pruned": round(value, 4) for kind, value in self._pruned.items()}
+
+
+@register_method("structured")
+class StructuredPruning(GroupPruning):
+    """Whole heads (attention targets) and FFN neurons (FFN targets) by gate-gradient importance."""
+
+    options_cls: ClassVar[type[MethodOptions]] = StructuredOptions
+    defaults: ClassVar[dict[str, Any]] = {
+        "schedule": "iterative",
+        "iterations": 5,
+        "start_fraction": 0.2,
+        "end_fraction": 0.8,
+        "scope": "global",
+    }
+
+    def __init__(self, options: MethodOptions, seed: int = 0) -> None:
+        super().__init__(options, seed)
+        assert isinstance(options, StructuredOptions)
+        self.opts = options
+        self._importance: dict[str, torch.Tensor] = {}  # set key -> (G,) float32, summed since last round
+
+    @torch.no_grad()
+    def after_backward(self, weights: Mapping[str, torch.Tensor]) -> None:
+        """Add this step's |dL/d(gate)| of every head / neuron (Taylor criterion only)."""
+        if self.opts.criterion != "taylor":
+            return
+        for s in self.sets:
+            w = weights[s.output.param_name]
+            if w.grad is None:
+                continue
+            step = gate_gradient(w, w.grad, s.group_size).abs()
+            previous = self._importance.get(s.key)
+            self._importance[s.key] = step if previous is None else previous.to(step.device) + step
+
+    def group_values(self, s: GroupSet, weight: torch.Tensor) -> torch.Tensor:
+        """(G,) importance of the set's groups, normalised per layer when asked."""
+        if self.opts.criterion == "magnitude":
+            values = group_norms(weight, s.group_size)
+        else:
+            groups = weight.shape[1] // s.group_size
+            values = self._importance.get(s.key, torch.zeros(groups)).to(weight.device)
+        return normalize_per_layer(values) if self.opts.normalize else values
+
+    def on_masks_updated(self, sparsity: float, final: bool) -> None:
+        """Re-estimate importance from scratch for the next round, as in the paper's iterative pruning."""
+        self._importance = {}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Importance accumulated since the last round, so a resumed run ranks as an uninterrupted one."""
