@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 import datasets
 import numpy as np
+import torch
+import torch.nn.functional as F
 from pydantic import Field
 from transformers import DataCollatorWithPadding, Trainer
 
@@ -19,7 +21,7 @@ from prunebert.metrics import compute_metrics
 from prunebert.models import load_model
 from prunebert.stages.common import TrainConfig, environment, training_arguments
 
-__all__ = ["EvaluateConfig", "TaskSpec", "evaluate_splits", "run_evaluate"]
+__all__ = ["EvaluateConfig", "TaskSpec", "evaluate_splits", "run_evaluate", "task_loss"]
 
 Split = Literal["train", "dev", "test"]
 
@@ -64,11 +66,21 @@ def evaluate_splits(
     out = {}
     for name in names:
         prediction = trainer.predict(splits[name], metric_key_prefix=name)
-        scores = compute_metrics(
-            task.metric, np.asarray(prediction.predictions), np.asarray(prediction.label_ids)
-        )
-        out[name] = {**scores, "loss": float((prediction.metrics or {})[f"{name}_loss"])}
+        logits, labels = np.asarray(prediction.predictions), np.asarray(prediction.label_ids)
+        out[name] = {**compute_metrics(task.metric, logits, labels), "loss": task_loss(logits, labels)}
     return out
+
+
+def task_loss(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Mean cross-entropy (MSE for a 1-logit regression) over all examples, from the gathered predictions.
+
+    The Trainer's own eval loss averages per-process values and drifts under DDP; this is the same
+    number in one process or many.
+    """
+    scores = torch.from_numpy(logits).float()  # (N, num_labels)
+    if scores.shape[-1] == 1:
+        return float(F.mse_loss(scores.squeeze(-1), torch.from_numpy(labels).float()))
+    return float(F.cross_entropy(scores, torch.from_numpy(labels).long()))
 
 
 def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
