@@ -12,4 +12,6 @@ pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   "${pip[@]}" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==2.13.0"
 fi
-"${pip[@]}" -e ".[dev]"
+# export: onnx + onnxruntime (light, never pulls torch) for ONNX export and bench; the heavier OpenVINO/NNCF
+# extra is opt-in: .venv/bin/pip install -e ".[openvino]" (its tests skip without it)
+"${pip[@]}" -e ".[dev,export]"

@@ -5,8 +5,8 @@ The protocol, per batch size:
    default the first MODEL), give each `warmup` untimed calls;
 2. `rounds` rounds; in each, every runner makes `iters` timed calls on the same seeded input, runners
    in list order in even rounds and reversed in odd ones, so a slow drift in machine load hits all;
-3. a round whose baseline latency is more than `disturbance` (default 20%) away from the median
-   baseline latency was disturbed by other load: it is discarded for every runner (and counted);
+3. a round whose baseline latency is more than `disturbance` (default 20%) away from the (low)
+   median baseline latency was disturbed by other load: it is discarded for every runner (and counted);
 4. per runner: latency min/median/max over kept rounds, and the speedup `baseline / runner` computed
    within each kept round (so both come from the same moment), reported as min/median/max.
 Static facts per model: parameters, nonzero parameters, analytic encoder FLOPs, weight bytes on disk.
@@ -82,11 +82,11 @@ def _stats(values: list[float]) -> dict[str, float]:
 def summarize_rounds(series: list[list[float]], disturbance: float) -> dict[str, Any]:
     """Seconds per call, one list per runner (`series[0]` the baseline), one entry per round -> stats.
 
-    Rounds whose baseline strays more than `disturbance` from its median are dropped for every runner;
-    each runner's speedup is `baseline / runner` within each kept round.
+    Rounds whose baseline strays more than `disturbance` from its (low) median are dropped for every
+    runner; each runner's speedup is `baseline / runner` within each kept round.
     """
     baseline = series[0]
-    center = statistics.median(baseline)
+    center = statistics.median_low(baseline)  # a measured round, so at least that one is kept
     kept = [r for r, t in enumerate(baseline) if abs(t - center) <= disturbance * center]
     runners = []
     for times in series:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from prunebert.errors import PrunebertError
+from prunebert.models import load_config
 from prunebert.runtimes import require
 
 __all__ = ["EXPORT_FILE", "FILES", "FORMATS", "ExportOptions", "export_model", "format_export"]
@@ -80,6 +81,7 @@ class ExportOptions:
 def export_model(options: ExportOptions, overwrite: bool = False, quiet: bool = True) -> dict[str, Any]:
     """Export in a child process; returns the manifest it wrote to OUT/prunebert_export.json."""
     require(*options.needs())
+    load_config(options.model)  # a wrong model is a one-line error here, before a child starts
     out = Path(options.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise PrunebertError(f"{out} exists and is not empty; pass a new directory or --overwrite")

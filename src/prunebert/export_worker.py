@@ -13,7 +13,8 @@ import shutil
 import sys
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -223,10 +224,11 @@ def _export_into(options: ExportOptions, model: InferenceModel, tmp: Path, out: 
     if options.int8:
         int8_path = tmp / FILES[(options.format, True)]
         calibration = _calibration(options, model)
-        if options.format == "onnx":
-            int8 = quantize_onnx(fp32_path, int8_path, calibration)
-        else:
-            int8 = quantize_openvino(converted, int8_path, calibration)
+        with _scratch_cwd():
+            if options.format == "onnx":
+                int8 = quantize_onnx(fp32_path, int8_path, calibration)
+            else:
+                int8 = quantize_openvino(converted, int8_path, calibration)
         runners[f"{options.format}_int8"] = _runner(options.format, int8_path)
         files[int8_path.name] = {
             "precision": "int8",
@@ -256,6 +258,18 @@ def _export_into(options: ExportOptions, model: InferenceModel, tmp: Path, out: 
     }
     write_json(tmp / EXPORT_FILE, manifest)
     return manifest
+
+
+@contextmanager
+def _scratch_cwd() -> Iterator[None]:
+    """Run in a throw-away working directory: ONNX Runtime's quantizer drops temporary files in the cwd."""
+    previous = Path.cwd()
+    with tempfile.TemporaryDirectory(prefix="prunebert-quantize-") as scratch:
+        os.chdir(scratch)
+        try:
+            yield
+        finally:
+            os.chdir(previous)
 
 
 def _umask() -> int:

@@ -181,7 +181,8 @@ def decode_tensor(
     raw = np.ascontiguousarray(raw)
     if zlib.crc32(raw.tobytes()) != int(entry["crc32"]):
         raise ValueError("checksum mismatch")
-    tensor = torch.from_numpy(raw.reshape(-1).copy()).view(stored).reshape(shape)
+    flat = torch.from_numpy(raw.reshape(-1).copy())
+    tensor = (flat.view(stored) if numel else torch.empty(0, dtype=stored)).reshape(shape)
     return tensor.to(dtype), _nonzero(raw, stored.is_floating_point)[0]
 
 
@@ -226,6 +227,8 @@ def compress_model(
 ) -> dict[str, Any]:
     """Write `src`'s model in the sparse format to `out`; returns the size report."""
     src = _model_dir(src)
+    if any(src.glob("*" + SUFFIX)):
+        raise PrunebertError(f"{src} is already compressed; pass a plain model directory (or decompress it)")
     files = _ordered(sorted(src.glob("*.safetensors")))
     if not files:
         raise PrunebertError(f"no *.safetensors in {src}; save the model with save_pretrained first")

@@ -50,7 +50,7 @@ def parse_variant(name: str) -> tuple[bool, str]:
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:
-    """int8 dynamic quantization of every `nn.Linear` (a quantized copy; the input model is untouched)."""
+    """int8 dynamic quantization of every `nn.Linear`, in place (pass a copy to keep the fp32 model)."""
     quantization = getattr(torch.ao, "quantization", None)
     quantize_dynamic = getattr(quantization, "quantize_dynamic", None)
     if quantize_dynamic is None:
@@ -60,7 +60,8 @@ def quantize_int8(model: nn.Module) -> nn.Module:
         )
     with warnings.catch_warnings():  # deprecated in favour of torchao, still the built-in CPU path in 2.13
         warnings.simplefilter("ignore")
-        quantized: nn.Module = quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+        # in place: a copying quantize_dynamic would deepcopy CSR buffers, which torch cannot
+        quantized: nn.Module = quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
     return quantized
 
 
