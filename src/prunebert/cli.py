@@ -1,5 +1,6 @@
-"""The `prunebert` command: pretrain | finetune | evaluate | info | methods | slim | demo, and the
-deployment commands compress | decompress | export | bench (`prunebert.deploy_cli`)."""
+"""The `prunebert` command: pretrain | finetune | evaluate | info | methods | slim | demo, the
+deployment commands compress | decompress | export | bench (`prunebert.deploy_cli`), and the study
+commands study | report (`prunebert.study_cli`)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ def _build_parser() -> argparse.ArgumentParser:
     from prunebert.stages.evaluate import EvaluateConfig
     from prunebert.stages.finetune import FinetuneConfig
     from prunebert.stages.pretrain import PretrainConfig
+    from prunebert.study_cli import add_study_parsers
 
     parser = _Parser(prog="prunebert", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -62,6 +64,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--seeds", type=int, nargs="+", default=None, help="fine-tuning seeds per arm (default: 0 1 2)"
     )
     add_deploy_parsers(sub)
+    add_study_parsers(sub)
     return parser
 
 
@@ -83,9 +86,12 @@ def _run_stage(args: argparse.Namespace) -> dict[str, Any]:
 
 def _dispatch(args: argparse.Namespace) -> None:
     from prunebert.deploy_cli import DEPLOY_COMMANDS, run_deploy
+    from prunebert.study_cli import STUDY_COMMANDS, run_study_command
 
     if args.command in DEPLOY_COMMANDS:
         run_deploy(args)
+    elif args.command in STUDY_COMMANDS:
+        run_study_command(args)
     elif args.command == "info":
         from prunebert.info import checkpoint_info, format_info
 

@@ -1,0 +1,117 @@
+"""Metrics against sparsity: downstream (Gordon et al. 2020 Fig. 1), MLM (Guo et al. 2019 Fig. 2), and
+the final training loss ("cannot fit": Gordon et al. 2020, Section 5)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from matplotlib.axes import Axes
+
+from prunebert.report.data import STAGE_ORDER, Section, Skip, StudyResults
+from prunebert.report.plotting import figure_legend, method_colors, panel_grid, style_axes
+
+__all__ = ["metric_vs_sparsity", "mlm_vs_sparsity", "train_loss_vs_sparsity"]
+
+STAGE_STYLE = {"pretrain": ("-", "o"), "finetune": ("--", "s"), "after-finetune": (":", "^")}
+SPARSITY_LABEL = "target sparsity of the encoder matrices (%)"
+
+
+def _series(rows: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    points = sorted((r["sparsity"] * 100, float(r[key])) for r in rows if r.get(key) is not None)
+    return [x for x, _ in points], [y for _, y in points]
+
+
+def _task_panel(ax: Axes, res: StudyResults, task: str, key: str, colors: dict[str, Any]) -> None:
+    """One line per (stage, arm) from its dense point, and each stage's dense level as a grey line."""
+    rows = [r for r in res.cells if r["task"] == task and r.get(key) is not None]
+    stages = [s for s in STAGE_ORDER if any(r["stage"] == s for r in rows)]
+    for stage in stages:
+        style, marker = STAGE_STYLE[stage]
+        dense = [r for r in rows if r["stage"] == stage and r["method"] == "dense"]
+        if dense:
+            ax.axhline(float(dense[0][key]), color="0.45", ls=style, lw=1.2, label=f"dense ({stage})")
+        for method in res.methods():
+            arm = [r for r in rows if r["stage"] == stage and r["method"] == method]
+            if arm:
+                x, y = _series(dense + arm, key)
+                ax.plot(x, y, ls=style, marker=marker, color=colors[method], label=f"{method} ({stage})")
+
+
+def _per_task_figure(
+    res: StudyResults, key: str, ylabel: Callable[[str], str], title: str, out: Path
+) -> Path:
+    tasks = res.tasks()
+    if not any(r.get(key) is not None for r in res.cells):
+        raise Skip(f"no finished cell has {key!r}")
+    colors = method_colors(res.methods())
+    fig, axes = panel_grid(len(tasks))
+    for ax, task in zip(axes, tasks, strict=True):
+        _task_panel(ax, res, task, key, colors)
+        metric = next(r["metric"] for r in res.cells if r["task"] == task)
+        style_axes(ax, SPARSITY_LABEL, ylabel(metric), f"{task}: {title}")
+    figure_legend(fig, axes)
+    fig.savefig(out, dpi=130)
+    return out
+
+
+def metric_vs_sparsity(res: StudyResults, out: Path) -> Section:
+    """Test metric of every task against sparsity, per arm and stage, with the dense levels."""
+    png = _per_task_figure(res, "test_metric", lambda m: f"test {m}", "test metric vs sparsity", out)
+    return Section(
+        "metric_vs_sparsity",
+        "Downstream metric vs sparsity (Gordon et al. 2020, Fig. 1)",
+        png,
+        "Test metric of each task after fine-tuning, one line per pruning method (colour) and stage "
+        "(line style: solid = pruned during pre-training then transferred with the mask fixed, dashed = "
+        "pruned while fine-tuning, dotted = pruned after dense fine-tuning then recovered). Grey lines: the "
+        "dense model of each stage with the same training budget; every line starts at its dense point.",
+    )
+
+
+def train_loss_vs_sparsity(res: StudyResults, out: Path) -> Section:
+    """Final downstream training loss against sparsity: where a model cannot fit the task any more."""
+    png = _per_task_figure(
+        res, "final_train_loss", lambda _: "final training loss", "training loss vs sparsity", out
+    )
+    return Section(
+        "train_loss_vs_sparsity",
+        'Downstream training loss vs sparsity ("cannot fit", Gordon et al. 2020)',
+        png,
+        "Mean training loss logged over the last 20% of each fine-tuning run (the model at its final "
+        "sparsity). A rising training loss means the pruned model can no longer fit the task's training "
+        "data, not just that it generalises worse.",
+    )
+
+
+def mlm_vs_sparsity(res: StudyResults, out: Path) -> Section:
+    """MLM loss and masked-token accuracy of the pre-training runs against sparsity."""
+    runs = res.pretrain_runs
+    if not runs:
+        raise Skip("the study has no finished pretrain (MLM) runs")
+    colors = method_colors(res.methods())
+    dense = [r for r in runs if r["method"] == "dense"]
+    fig, axes = panel_grid(2)
+    panels = (("mlm_loss", "MLM loss"), ("mlm_accuracy", "masked-token accuracy"))
+    for ax, (key, ylabel) in zip(axes, panels, strict=True):
+        if dense:
+            ax.axhline(float(dense[0][key]), color="0.45", lw=1.2, label="dense (same MLM steps)")
+        for method, color in colors.items():
+            arm = [r for r in runs if r["method"] == method]
+            if arm:
+                x, y = _series(dense + arm, key)
+                ax.plot(x, y, marker="o", color=color, label=method)
+        style_axes(ax, SPARSITY_LABEL, ylabel, f"held-out {ylabel} vs sparsity")
+    if dense and dense[0].get("mlm_loss_before") is not None:
+        axes[0].axhline(float(dense[0]["mlm_loss_before"]), color="0.7", ls=":", label="before the MLM stage")
+    figure_legend(fig, axes)
+    fig.savefig(out, dpi=130)
+    return Section(
+        "mlm_vs_sparsity",
+        "Pre-training loss and masked-token accuracy vs sparsity (Guo et al. 2019, Fig. 2)",
+        out,
+        "Masked-LM loss and accuracy on the held-out blocks of the MLM text at the end of the pre-training "
+        "stage, per pruning method; grey: the dense model after the same number of MLM steps, dotted: "
+        "the starting point of the stage.",
+    )

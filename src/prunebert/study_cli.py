@@ -1,0 +1,63 @@
+"""The study commands of `prunebert`: study | report (parsers and dispatch)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+__all__ = ["STUDY_COMMANDS", "add_study_parsers", "run_study_command"]
+
+STUDY_COMMANDS = ("study", "report")
+
+
+def add_study_parsers(sub: Any) -> None:
+    """Add `study RECIPE` and `report RESULTS_DIR` to the subcommands."""
+    study = sub.add_parser(
+        "study", help="a resumable grid of methods x sparsities x stages x tasks, aggregated to results.csv"
+    )
+    study.add_argument("recipe", help="study recipe (YAML), e.g. recipes/study-default.yaml")
+    study.add_argument("--output_dir", help="where the runs and results go (overrides the recipe's)")
+    report = sub.add_parser("report", help="PNG figures and one HTML page from a study's results")
+    report.add_argument("results_dir", help="the output_dir of a `prunebert study` run")
+    report.add_argument("--output", help="where the PNGs and report.html go (default RESULTS_DIR/report)")
+    pick = "per-model figures (sparsity, Q/K patterns, embeddings) show the cell of this"
+    report.add_argument("--stage", help=f"{pick} stage (default: pretrain if run)")
+    report.add_argument("--task", help=f"{pick} task (default: the first)")
+    report.add_argument("--method", help=f"{pick} method, also the mask-overlap method (default: magnitude)")
+    report.add_argument("--sparsity", type=float, help=f"{pick} sparsity, e.g. 0.7 (default: the highest)")
+    report.add_argument(
+        "--layers", type=int, nargs="+", help="layers of the Q/K patterns (default: first, last)"
+    )
+    report.add_argument("--words", nargs="+", help="seed words of the embedding figure")
+    report.add_argument(
+        "--neighbours", type=int, default=5, help="neighbours shown per seed word (default 5)"
+    )
+
+
+def run_study_command(args: argparse.Namespace) -> None:
+    """Run `study` or `report` and print where the results went."""
+    if args.command == "study":
+        from prunebert.study import load_study, run_study
+        from prunebert.study_results import CSV_FILE, format_cells
+
+        cfg = load_study(Path(args.recipe), Path(args.output_dir) if args.output_dir else None)
+        table = run_study(cfg)
+        print(format_cells(table["cells"]))
+        print(
+            f"\n{len(table['cells'])} cells; ran {table['runs_executed']} of {table['runs_total']} runs "
+            f"(the rest were finished); results: {cfg.output_dir / CSV_FILE}"
+        )
+        return
+    from prunebert.report import PAGE, ReportOptions, build_report
+
+    options = ReportOptions(
+        stage=args.stage, task=args.task, method=args.method, sparsity=args.sparsity, layers=args.layers
+    )
+    if args.words:
+        options.words = list(args.words)
+    options.neighbours = args.neighbours
+    out = Path(args.output) if args.output else Path(args.results_dir) / "report"
+    for section in build_report(Path(args.results_dir), out, options):
+        print(f"{section.name:<24} " + (str(section.png) if section.png else f"skipped: {section.note}"))
+    print(f"\nreport: {out / PAGE}")
