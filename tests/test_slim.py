@@ -1,5 +1,6 @@
 """Slimming: removed heads / neurons give a smaller model with the same outputs, saved and loaded back."""
 
+import copy
 import json
 from pathlib import Path
 
@@ -19,7 +20,16 @@ from prunebert.errors import PrunebertError
 from prunebert.masks import MASKS_FILE
 from prunebert.models import load_model, save_pruned, transfer_pruner
 from prunebert.pruner import Pruner
-from prunebert.slim import SLIM_KEY, NoHeads, load_slim, plan_slim, slice_masks, slim_model
+from prunebert.slim import (
+    SLIM_KEY,
+    NoHeads,
+    layer_count,
+    load_slim,
+    plan_slim,
+    slice_masks,
+    slim_model,
+    slim_with_changes,
+)
 from prunebert.structure import group_sets
 from prunebert.targets import find_targets
 from tiny import tiny_classifier, tiny_config, tiny_mlm, write_workspace
@@ -283,3 +293,80 @@ def test_finetune_structured_then_slim_then_evaluate(
     evaluate = ["evaluate", "--model", str(slim), "--task", str(space / "task.csv"), "--output", str(out)]
     assert main([*evaluate, "--max_seq_length", "16"]) == 0
     assert json.loads(out.read_text())["metrics"] == tuned["metrics"]
+
+
+# -- whole layers ------------------------------------------------------------------------------------
+def _without_layers(model: PreTrainedModel, dropped: set[int]) -> PreTrainedModel:
+    """A copy of `model` whose encoder simply skips the `dropped` layers: what dropping them must give."""
+    reference = copy.deepcopy(model)
+    name = "transformer.layer" if reference.config.model_type == "distilbert" else "encoder.layer"
+    layers = reference.base_model.get_submodule(name)
+    kept = torch.nn.ModuleList(layer for i, layer in enumerate(layers) if i not in dropped)
+    reference.base_model.set_submodule(name, kept)
+    return reference
+
+
+@pytest.mark.parametrize("model_type", ["bert", "distilbert"])
+def test_dropping_layers_equals_skipping_them_and_loads_back(model_type: str, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(
+        tiny_config(model_type, num_hidden_layers=3)
+    ).eval()
+    _structured(model)
+    expected = _out(_without_layers(model, {1}))
+    _, dropped, renamed = slim_with_changes(model, plan_slim(model, drop_layers=[1]))
+    assert layer_count(model) == 2 and (_out(model) - expected).abs().max().item() <= 1e-4
+    prefix = "distilbert.transformer.layer" if model_type == "distilbert" else "bert.encoder.layer"
+    moved = {k: v for k, v in renamed.items() if k.startswith(f"{prefix}.2.")}
+    assert moved and all(v == k.replace(f"{prefix}.2.", f"{prefix}.1.") for k, v in moved.items())
+    assert {k.split(".")[3] for k in dropped if k.startswith(prefix)} == {"1"}
+    assert getattr(model.config, SLIM_KEY)["layers"] == [0, 2]
+    model.save_pretrained(tmp_path)
+    loaded = load_slim(tmp_path)
+    assert layer_count(loaded) == 2 and torch.equal(_out(loaded), _out(model))
+
+
+def test_dropping_layers_twice_keeps_original_layer_numbers(tmp_path: Path) -> None:
+    model = AutoModelForSequenceClassification.from_config(tiny_config(num_hidden_layers=4)).eval()
+    slim_model(model, plan_slim(model, drop_layers=[1]))
+    with torch.no_grad():  # remove head 0 of the layer now numbered 2 (originally 3)
+        model.bert.encoder.layer[2].attention.output.dense.weight[:, :8] = 0
+    slim_model(model, plan_slim(model, drop_layers=[0]))
+    layout = getattr(model.config, SLIM_KEY)
+    assert (
+        layout["layers"] == [2, 3] and layout["heads"][3] == [1, 2, 3] and layout["heads"][2] == [0, 1, 2, 3]
+    )
+    model.save_pretrained(tmp_path)
+    assert torch.equal(_out(load_slim(tmp_path)), _out(model))
+
+
+def test_bad_layer_choices_are_one_line_errors(tmp_path: Path) -> None:
+    model = tiny_classifier()
+    for bad in ([2], [0, 1], [-1]):
+        with pytest.raises(PrunebertError, match="keep at least one layer"):
+            plan_slim(model, drop_layers=bad)
+    slim_model(model, plan_slim(model, drop_layers=[0])).save_pretrained(tmp_path)
+    config_path = tmp_path / "config.json"
+    good = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**good, SLIM_KEY: {**good[SLIM_KEY], "layers": [5]}}))
+    with pytest.raises(PrunebertError, match="bad layers list"):
+        load_slim(tmp_path)
+
+
+def test_cli_drops_layers_and_renames_masks(
+    tmp_path: Path, tiny_tokenizer: PreTrainedTokenizerBase, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = tiny_classifier().eval()
+    pruner = _structured(model)
+    save_pruned(model, tiny_tokenizer, pruner, tmp_path / "run")
+    expected = _out(_without_layers(model, {0}))
+    assert main(["slim", str(tmp_path / "run"), str(tmp_path / "slim"), "--drop_layers", "0"]) == 0
+    assert "encoder layers kept: 1 of 2" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "slim" / "slim.json").read_text())
+    assert summary["layers_kept"] == [1, 2] and summary["heads_kept"] == [0, 8]  # layer 1 had no head left
+    loaded = load_model(str(tmp_path / "slim"), head="classification")
+    assert (_out(loaded.model) - expected).abs().max().item() <= 1e-4
+    masks = load_file(str(tmp_path / "slim" / MASKS_FILE))
+    assert all(".layer.0." in k for k in masks)  # the old layer 1, renumbered
+    fixed = transfer_pruner(loaded.model, loaded.path, None)
+    assert fixed is not None and set(fixed.masks) == set(masks)

@@ -57,6 +57,7 @@ def _build_parser() -> argparse.ArgumentParser:
     slim.add_argument("source", help="model directory or prunebert run directory (structured-pruned)")
     slim.add_argument("output", help="directory for the slimmed model and slim.json")
     slim.add_argument("--overwrite", action="store_true", help="replace a model already in OUTPUT")
+    slim.add_argument("--drop_layers", type=int, nargs="+", default=[], help="also remove these layers")
     demo = sub.add_parser("demo", help="the embedded-default demo: 40%% MLM-stage pruning vs dense")
     demo.add_argument("--output_dir", default="runs/demo", help="where the demo's runs go")
     demo.add_argument("--quick", action="store_true", help="a few steps only (smoke test)")
@@ -102,9 +103,10 @@ def _dispatch(args: argparse.Namespace) -> None:
 
         print("\n".join(available_methods()))
     elif args.command == "slim":
-        from prunebert.slim import format_summary, run_slim
+        from prunebert.slim_command import format_summary, run_slim
 
-        print(format_summary(run_slim(args.source, Path(args.output), overwrite=args.overwrite)))
+        summary = run_slim(args.source, Path(args.output), args.overwrite, args.drop_layers)
+        print(format_summary(summary))
     elif args.command == "demo":
         from prunebert.demo import SEEDS, format_table, run_demo
 

@@ -10,9 +10,10 @@ transformers v5 dropped `prune_heads` / `config.pruned_heads`, so a slimmed mode
 `save_pretrained` directory whose config.json carries one extra entry,
 
     "prunebert_slim": {"version": 1, "heads": [[kept head indices] per layer],
-                       "intermediate_sizes": [kept neurons per layer]}
+                       "intermediate_sizes": [kept neurons per layer], "layers": [kept layers]}
 
-(the config's own sizes stay those of the full model: the head size is hidden_size / num_attention_heads).
+("layers" only when whole layers were dropped, which unlike heads and neurons changes the outputs; all
+numbers are the original model's; the config's own sizes stay those of the full model).
 `load_slim` (and `prunebert.models.load_model`) builds the full architecture from the config, shrinks
 each layer to that layout, then loads the smaller safetensors strictly. Plain `from_pretrained` cannot
 load it: the shapes do not match the config.
@@ -21,10 +22,12 @@ load it: the shapes do not match the config.
 from __future__ import annotations
 
 import json
+import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import transformers
@@ -33,22 +36,20 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
 from prunebert.errors import PrunebertError
-from prunebert.io import write_json
-from prunebert.masks import MASKS_FILE, save_masks
 from prunebert.structure import GroupSet, group_sets, kept_groups
-from prunebert.targets import ENCODER_ROLES, find_targets
+from prunebert.targets import ENCODER_ROLES, architecture_for, find_targets
 
 __all__ = [
     "SLIM_KEY",
     "NoHeads",
     "SlimPlan",
-    "format_summary",
     "is_slim",
+    "layer_count",
     "load_slim",
     "plan_slim",
-    "run_slim",
     "slice_masks",
     "slim_model",
+    "slim_with_changes",
 ]
 
 SLIM_KEY = "prunebert_slim"
@@ -78,19 +79,25 @@ class NoHeads(nn.Module):
 
 @dataclass(frozen=True)
 class SlimPlan:
-    """Per group set (key `heads.3`, `neurons.3`): indices of the groups kept, in the model's numbering."""
+    """Per group set (key `heads.3`, `neurons.3`): indices of the groups kept, in the model's numbering;
+    `layers`: the encoder layers kept (None = all)."""
 
     keep: dict[str, list[int]]
     totals: dict[str, int]
+    layers: list[int] | None = None
+
+    def _kept_layer(self, key: str) -> bool:
+        return self.layers is None or int(key.split(".")[1]) in self.layers
 
     def removed(self) -> int:
-        """How many heads and neurons the plan drops."""
-        return sum(self.totals[k] - len(v) for k, v in self.keep.items())
+        """How many heads and neurons of the kept layers the plan drops."""
+        return sum(self.totals[k] - len(v) for k, v in self.keep.items() if self._kept_layer(k))
 
     def count(self, kind: str) -> tuple[int, int]:
-        """(kept, total) groups of `kind` (`heads` or `neurons`) over all layers."""
+        """(kept, total) groups of `kind` (`heads` or `neurons`): kept in kept layers, total in all."""
         keys = [k for k in self.keep if k.startswith(kind + ".")]
-        return sum(len(self.keep[k]) for k in keys), sum(self.totals[k] for k in keys)
+        kept = sum(len(self.keep[k]) for k in keys if self._kept_layer(k))
+        return kept, sum(self.totals[k] for k in keys)
 
 
 def _weight(model: nn.Module, name: str) -> torch.Tensor:
@@ -103,14 +110,43 @@ def _sets(model: PreTrainedModel) -> list[GroupSet]:
     return group_sets(find_targets(model, ENCODER_ROLES), model.config)
 
 
-def plan_slim(model: PreTrainedModel) -> SlimPlan:
-    """Keep every head / neuron whose output columns have a nonzero weight; the rest can go."""
+def plan_slim(model: PreTrainedModel, drop_layers: Sequence[int] = ()) -> SlimPlan:
+    """Keep every head / neuron whose output columns have a nonzero weight; the rest can go.
+
+    `drop_layers` (current layer numbers) also removes whole encoder layers: unlike heads and neurons
+    this changes the outputs (LayerDrop-trained models are made for it; evaluate the result).
+    """
     keep, totals = {}, {}
     for s in _sets(model):
         kept = kept_groups(_weight(model, s.output.name), s.group_size)
         keep[s.key] = kept.nonzero().flatten().tolist()
         totals[s.key] = kept.numel()
-    return SlimPlan(keep, totals)
+    if not drop_layers:
+        return SlimPlan(keep, totals)
+    count = len(_layer_list(model)[1])
+    bad = sorted(i for i in drop_layers if not 0 <= i < count)
+    if bad or len(set(drop_layers)) >= count:
+        raise PrunebertError(
+            f"cannot drop layers {sorted(drop_layers)} of a {count}-layer model; give distinct numbers "
+            f"from 0 to {count - 1} and keep at least one layer"
+        )
+    return SlimPlan(keep, totals, [i for i in range(count) if i not in set(drop_layers)])
+
+
+def layer_count(model: nn.Module) -> int:
+    """Number of encoder layers the model has now."""
+    return len(_layer_list(model)[1])
+
+
+def _layer_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The encoder's list of layers, found through the role table (the module holding layer 0, 1, ...)."""
+    target = find_targets(model, ["ffn_out"])[0]
+    match = re.search(architecture_for(model).roles["ffn_out"], target.name)
+    assert match is not None
+    name = target.name[: match.start(1) - 1]  # e.g. `bert.encoder.layer`
+    layers = model.get_submodule(name)
+    assert isinstance(layers, nn.ModuleList)
+    return name, layers
 
 
 def _take_linear(module: nn.Module, index: torch.Tensor, axis: int) -> nn.Linear:
@@ -154,11 +190,16 @@ def _shrink_heads(model: nn.Module, s: GroupSet, kept: int) -> list[str]:
     return []
 
 
-def _apply(model: PreTrainedModel, plan: SlimPlan) -> tuple[dict[str, tuple[int, torch.Tensor]], list[str]]:
-    """Cut the model to `plan` in place; returns {weight key: (axis, kept index)} and dropped weight keys."""
-    cuts: dict[str, tuple[int, torch.Tensor]] = {}
+Cuts = dict[str, tuple[int, torch.Tensor]]  # weight key -> (axis, kept indices)
+
+
+def _apply(model: PreTrainedModel, plan: SlimPlan) -> tuple[Cuts, list[str], dict[str, str]]:
+    """Cut the model to `plan` in place; returns the cuts, the dropped keys and renamed keys (old -> new)."""
+    cuts: Cuts = {}
     dropped: list[str] = []
     for s in _sets(model):
+        if plan.layers is not None and s.layer not in plan.layers:
+            continue  # the whole layer goes
         keep = plan.keep.get(s.key)
         groups = _weight(model, s.output.name).shape[1] // s.group_size
         if keep is None or keep == list(range(groups)):
@@ -170,7 +211,25 @@ def _apply(model: PreTrainedModel, plan: SlimPlan) -> tuple[dict[str, tuple[int,
             cuts[target.param_name] = (axis, index)
         if s.kind == "heads":
             dropped += [name + ".weight" for name in _shrink_heads(model, s, len(keep))]
-    return cuts, dropped
+    renamed = _drop_layers(model, plan.layers, dropped) if plan.layers is not None else {}
+    return cuts, dropped, renamed
+
+
+def _drop_layers(model: nn.Module, kept: list[int], dropped: list[str]) -> dict[str, str]:
+    """Keep only the layers `kept`; adds their keys to `dropped`, returns the renumbered keys (old -> new)."""
+    name, layers = _layer_list(model)
+    new_number = {old: new for new, old in enumerate(kept)}
+    renamed = {}
+    for key in model.state_dict():
+        if not key.startswith(name + "."):
+            continue
+        number, _, rest = key[len(name) + 1 :].partition(".")
+        if int(number) in new_number:
+            renamed[key] = f"{name}.{new_number[int(number)]}.{rest}"
+        else:
+            dropped.append(key)
+    model.set_submodule(name, nn.ModuleList([layers[i] for i in kept]))
+    return renamed
 
 
 # -- the layout in config.json -------------------------------------------------------------------------
@@ -179,17 +238,26 @@ def is_slim(config: PretrainedConfig) -> bool:
     return isinstance(getattr(config, SLIM_KEY, None), dict)
 
 
-def _layout_after(config: PretrainedConfig, plan: SlimPlan) -> dict[str, Any]:
-    """The `prunebert_slim` entry once `plan` is applied, head indices in the original model's numbering."""
+def _layout_after(model: PreTrainedModel, plan: SlimPlan) -> dict[str, Any]:
+    """The `prunebert_slim` entry once `plan` is applied; layers and heads in the original numbering."""
+    config = model.config
     old = getattr(config, SLIM_KEY, None) or {}
-    heads, sizes = [], []
-    for layer in range(config.num_hidden_layers):
-        total = plan.totals.get(f"heads.{layer}", config.num_attention_heads)
-        original = old["heads"][layer] if old else list(range(total))
-        kept = plan.keep.get(f"heads.{layer}", list(range(total)))
-        heads.append([original[i] for i in kept])
-        sizes.append(len(plan.keep.get(f"neurons.{layer}", range(plan.totals.get(f"neurons.{layer}", 0)))))
-    return {"version": 1, "heads": heads, "intermediate_sizes": sizes}
+    sets = _sets(model)
+    current = old.get("layers") or list(range(len(_layer_list(model)[1])))  # original number of each layer
+    heads = [list(h) for h in old.get("heads", [[]] * config.num_hidden_layers)]
+    sizes = list(old.get("intermediate_sizes", [0] * config.num_hidden_layers))
+    for s in sets:
+        groups = _weight(model, s.output.name).shape[1] // s.group_size
+        kept, original = plan.keep.get(s.key, list(range(groups))), current[s.layer]
+        if s.kind == "heads":
+            numbers = heads[original] if old else list(range(groups))
+            heads[original] = [numbers[i] for i in kept]
+        else:
+            sizes[original] = len(kept)
+    layout: dict[str, Any] = {"version": 1, "heads": heads, "intermediate_sizes": sizes}
+    if plan.layers is not None or "layers" in old:
+        layout["layers"] = [current[i] for i in plan.layers] if plan.layers is not None else current
+    return layout
 
 
 def _plan_from_layout(model: PreTrainedModel, layout: dict[str, Any], source: str) -> SlimPlan:
@@ -207,32 +275,42 @@ def _plan_from_layout(model: PreTrainedModel, layout: dict[str, Any], source: st
         if not all(isinstance(i, int) for i in kept) or sorted(set(kept)) != kept or kept[-1:] >= [total]:
             raise PrunebertError(f"{source}: bad {s.kind} list of layer {s.layer} in {SLIM_KEY}; re-run slim")
         keep[s.key], totals[s.key] = kept, total
-    return SlimPlan(keep, totals)
+    kept_layers = layout.get("layers")
+    if kept_layers is not None and (
+        not isinstance(kept_layers, list)
+        or not kept_layers
+        or not all(isinstance(i, int) for i in kept_layers)
+        or sorted(set(kept_layers)) != kept_layers
+        or not 0 <= kept_layers[0] <= kept_layers[-1] < layers
+    ):
+        raise PrunebertError(f"{source}: bad layers list in {SLIM_KEY}; re-run prunebert slim")
+    return SlimPlan(keep, totals, kept_layers)
 
 
 def slim_model(model: PreTrainedModel, plan: SlimPlan | None = None) -> PreTrainedModel:
     """Remove the heads and neurons `plan` drops (default: all whose output columns are zero), in place."""
-    _slim(model, plan or plan_slim(model))
+    slim_with_changes(model, plan or plan_slim(model))
     return model
 
 
-def _slim(model: PreTrainedModel, plan: SlimPlan) -> tuple[dict[str, tuple[int, torch.Tensor]], list[str]]:
-    layout = _layout_after(model.config, plan)
-    cuts, dropped = _apply(model, plan)
+def slim_with_changes(model: PreTrainedModel, plan: SlimPlan) -> tuple[Cuts, list[str], dict[str, str]]:
+    """`slim_model` that also returns what changed, for `slice_masks`: cuts, dropped keys, renamed keys."""
+    layout = _layout_after(model, plan)
+    changes = _apply(model, plan)
     setattr(model.config, SLIM_KEY, layout)
-    return cuts, dropped
+    return changes
 
 
 def slice_masks(
-    masks: dict[str, torch.Tensor], cuts: dict[str, tuple[int, torch.Tensor]], dropped: list[str]
+    masks: dict[str, torch.Tensor], cuts: Cuts, dropped: list[str], renamed: dict[str, str] | None = None
 ) -> dict[str, torch.Tensor]:
-    """Masks of the full model cut like its weights, so further training keeps the remaining zeros."""
+    """Masks of the full model cut (and renamed) like its weights, so further training keeps their zeros."""
     out = {}
     for name, mask in masks.items():
         if name in dropped:
             continue
         axis, index = cuts.get(name, (0, None))
-        out[name] = mask if index is None else mask.index_select(axis, index.to(mask.device))
+        out[(renamed or {}).get(name, name)] = mask if index is None else mask.index_select(axis, index)
     return out
 
 
@@ -310,74 +388,3 @@ def load_slim(path: str | Path, model_class: Any = None, **config_kwargs: Any) -
     for the bare encoder. `config_kwargs` go to `AutoConfig.from_pretrained` (e.g. `num_labels`).
     """
     return load_slim_with_info(path, model_class, **config_kwargs)[0]
-
-
-# -- the `prunebert slim` command ------------------------------------------------------------------------
-def _head(config: PretrainedConfig) -> Literal["mlm", "classification", "base"]:
-    name = " ".join(config.architectures or [])
-    return "classification" if "SequenceClassification" in name else "mlm" if "MaskedLM" in name else "base"
-
-
-@torch.no_grad()
-def _outputs(model: PreTrainedModel) -> torch.Tensor:
-    """The first output (logits or hidden states) on a fixed random batch with some padding."""
-    ids = torch.randint(0, model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
-    attention_mask = torch.ones_like(ids)
-    attention_mask[1, 11:] = 0
-    device = next(model.parameters()).device
-    output: torch.Tensor = model(input_ids=ids.to(device), attention_mask=attention_mask.to(device))[0]
-    return output.float()
-
-
-def run_slim(source: str, output: Path, overwrite: bool = False) -> dict[str, Any]:
-    """Slim `source` into `output` (model, tokenizer, cut masks, slim.json); returns the summary."""
-    from prunebert.models import load_config, load_model, transfer_pruner  # models imports this module
-
-    if (output / "config.json").exists() and not overwrite:
-        raise PrunebertError(f"{output} already holds a model; pass --overwrite or choose another OUT")
-    loaded = load_model(source, head=_head(load_config(source)))
-    model = loaded.model.eval()
-    pruner = transfer_pruner(model, loaded.path, None)
-    plan = plan_slim(model)
-    if plan.removed() == 0:
-        raise PrunebertError(
-            f"{source} has no attention head or FFN neuron whose output weights are all zero, so nothing can "
-            "be removed; prune it with --pruning.method heads, neurons or structured first"
-        )
-    before, reference = sum(p.numel() for p in model.parameters()), _outputs(model)
-    cuts, dropped = _slim(model, plan)
-    diff = (_outputs(model) - reference).abs().max().item()
-    model.save_pretrained(output, safe_serialization=True)
-    loaded.tokenizer.save_pretrained(output)
-    if pruner is not None:  # the remaining (unstructured) zeros stay fixed if the model is trained further
-        masks = slice_masks(pruner.masks, cuts, dropped)
-        kept = sum(int(m.sum()) for m in masks.values())
-        roles = {t.param_name: t.role for t in pruner.targets if t.param_name in masks}
-        sparsity = 1.0 - kept / max(1, sum(m.numel() for m in masks.values()))
-        save_masks(masks, output / MASKS_FILE, {"sparsity": sparsity, "roles": roles, "slimmed_from": source})
-    summary = {
-        "source": source,
-        "output": str(output),
-        "parameters_before": before,
-        "parameters_after": sum(p.numel() for p in model.parameters()),
-        "heads_kept": list(plan.count("heads")),
-        "neurons_kept": list(plan.count("neurons")),
-        "max_abs_diff": diff,
-        SLIM_KEY: getattr(model.config, SLIM_KEY),
-    }
-    write_json(output / "slim.json", summary)
-    return summary
-
-
-def format_summary(summary: dict[str, Any]) -> str:
-    """A few readable lines for the terminal."""
-    before, after = summary["parameters_before"], summary["parameters_after"]
-    heads, neurons = summary["heads_kept"], summary["neurons_kept"]
-    return "\n".join(
-        [
-            f"parameters: {before:,} -> {after:,} ({after / before:.1%} of the original)",
-            f"attention heads kept: {heads[0]} of {heads[1]}; FFN neurons kept: {neurons[0]} of {neurons[1]}",
-            f"max |slimmed - original| output on a random batch: {summary['max_abs_diff']:.2e}",
-            f"written: {summary['output']} (details: {summary['output']}/slim.json)",
-        ]
-    )

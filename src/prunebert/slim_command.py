@@ -1,0 +1,92 @@
+"""`prunebert slim`: load a pruned model, remove zeroed heads / neurons (and chosen layers), check, save."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from transformers import PretrainedConfig, PreTrainedModel
+
+from prunebert.errors import PrunebertError
+from prunebert.io import write_json
+from prunebert.masks import MASKS_FILE, save_masks
+from prunebert.models import load_config, load_model, transfer_pruner
+from prunebert.slim import SLIM_KEY, layer_count, plan_slim, slice_masks, slim_with_changes
+
+__all__ = ["format_summary", "run_slim"]
+
+
+def _head(config: PretrainedConfig) -> Literal["mlm", "classification", "base"]:
+    name = " ".join(config.architectures or [])
+    return "classification" if "SequenceClassification" in name else "mlm" if "MaskedLM" in name else "base"
+
+
+@torch.no_grad()
+def _outputs(model: PreTrainedModel) -> torch.Tensor:
+    """The first output (logits or hidden states) on a fixed random batch with some padding."""
+    ids = torch.randint(0, model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+    attention_mask = torch.ones_like(ids)
+    attention_mask[1, 11:] = 0
+    device = next(model.parameters()).device
+    output: torch.Tensor = model(input_ids=ids.to(device), attention_mask=attention_mask.to(device))[0]
+    return output.float()
+
+
+def run_slim(
+    source: str, output: Path, overwrite: bool = False, drop_layers: Sequence[int] = ()
+) -> dict[str, Any]:
+    """Slim `source` into `output` (model, tokenizer, cut masks, slim.json); returns the summary."""
+    if (output / "config.json").exists() and not overwrite:
+        raise PrunebertError(f"{output} already holds a model; pass --overwrite or choose another OUT")
+    loaded = load_model(source, head=_head(load_config(source)))
+    model = loaded.model.eval()
+    pruner = transfer_pruner(model, loaded.path, None)
+    plan = plan_slim(model, drop_layers)
+    if plan.removed() == 0 and not drop_layers:
+        raise PrunebertError(
+            f"{source} has no attention head or FFN neuron whose output weights are all zero, so nothing can "
+            "be removed; prune it with --pruning.method heads, neurons or structured first"
+        )
+    before, reference = sum(p.numel() for p in model.parameters()), _outputs(model)
+    cuts, dropped, renamed = slim_with_changes(model, plan)
+    diff = (_outputs(model) - reference).abs().max().item()
+    model.save_pretrained(output, safe_serialization=True)
+    loaded.tokenizer.save_pretrained(output)
+    if pruner is not None:  # the remaining (unstructured) zeros stay fixed if the model is trained further
+        masks = slice_masks(pruner.masks, cuts, dropped, renamed)
+        kept = sum(int(m.sum()) for m in masks.values())
+        roles = {renamed.get(t.param_name, t.param_name): t.role for t in pruner.targets}
+        roles = {name: role for name, role in roles.items() if name in masks}
+        sparsity = 1.0 - kept / max(1, sum(m.numel() for m in masks.values()))
+        save_masks(masks, output / MASKS_FILE, {"sparsity": sparsity, "roles": roles, "slimmed_from": source})
+    summary = {
+        "source": source,
+        "output": str(output),
+        "parameters_before": before,
+        "parameters_after": sum(p.numel() for p in model.parameters()),
+        "heads_kept": list(plan.count("heads")),
+        "neurons_kept": list(plan.count("neurons")),
+        "layers_kept": [layer_count(model), model.config.num_hidden_layers],
+        "max_abs_diff": diff,
+        SLIM_KEY: getattr(model.config, SLIM_KEY),
+    }
+    write_json(output / "slim.json", summary)
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A few readable lines for the terminal."""
+    before, after = summary["parameters_before"], summary["parameters_after"]
+    heads, neurons, layers = summary["heads_kept"], summary["neurons_kept"], summary["layers_kept"]
+    changed = " (layers dropped: outputs change by design; evaluate it)" if layers[0] < layers[1] else ""
+    return "\n".join(
+        [
+            f"parameters: {before:,} -> {after:,} ({after / before:.1%} of the original)",
+            f"attention heads kept: {heads[0]} of {heads[1]}; FFN neurons kept: {neurons[0]} of {neurons[1]}",
+            f"encoder layers kept: {layers[0]} of {layers[1]}",
+            f"max |slimmed - original| output on a random batch: {summary['max_abs_diff']:.2e}{changed}",
+            f"written: {summary['output']} (details: {summary['output']}/slim.json)",
+        ]
+    )
