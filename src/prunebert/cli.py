@@ -115,8 +115,11 @@ def _dispatch(args: argparse.Namespace) -> None:
         print(format_table(summary["rows"]))
         print(f"\nresults: {args.output_dir}/comparison.json")
     else:
+        from prunebert.distributed import is_main_process
+
         results = _run_stage(args)
-        print(json.dumps({"stage": results["stage"], "metrics": results["metrics"]}, indent=2))
+        if is_main_process():  # one summary, not one per process
+            print(json.dumps({"stage": results["stage"], "metrics": results["metrics"]}, indent=2))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
