@@ -15,6 +15,7 @@ from transformers import DataCollatorWithPadding, Trainer
 
 from prunebert.config import StrictModel
 from prunebert.data import TaskData, load_task, tokenize_task
+from prunebert.distributed import is_main_process
 from prunebert.errors import PrunebertError
 from prunebert.io import write_json
 from prunebert.metrics import compute_metrics
@@ -102,6 +103,6 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         "metrics": evaluate_splits(trainer, splits, task, cfg.splits),
         "environment": environment(),
     }
-    if cfg.output is not None:
+    if cfg.output is not None and is_main_process():
         write_json(cfg.output, results)
     return results
