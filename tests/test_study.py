@@ -197,3 +197,15 @@ def test_final_train_loss_averages_the_last_fifth() -> None:
     assert final_train_loss({"steps": 50, "log_history": logs}) == 45.0  # steps 40 and 50
     assert final_train_loss({"steps": 50, "log_history": logs[:1]}) == 10.0
     assert final_train_loss({"steps": 5, "log_history": [], "train_loss": 0.7}) == 0.7
+    distilled = [{"step": s, "loss": 9.0, "loss_task": float(s)} for s in (10, 20, 30, 40, 50)]
+    assert final_train_loss({"steps": 50, "log_history": distilled}) == 45.0  # the task's own loss
+
+
+def test_distilled_cells_report_their_task_loss(workspace: Path) -> None:
+    rows = {_key(r): r for r in _table(workspace)["cells"]}
+    for task in TASKS:
+        kd = _run(workspace / "study" / "finetune" / task / "magnitude+kd-50")["train"]["log_history"]
+        task_losses = [e["loss_task"] for e in kd if "loss_task" in e and e["step"] >= 0.8 * 8]
+        assert task_losses and rows[(task, "finetune", "magnitude+kd", 0.5)][
+            "final_train_loss"
+        ] == pytest.approx(sum(task_losses) / len(task_losses))

@@ -1,8 +1,8 @@
 """The aggregate of a study: one flat row per grid cell, as `results.json` and `results.csv`.
 
 Paths in the aggregate are relative to the study's directory, so a report can be made from a copy of it.
-`final_train_loss` is the mean training loss logged over the last 20% of a run's steps (the model at its
-final sparsity): the "cannot fit" curve of Gordon et al. 2020 plots it against sparsity.
+`final_train_loss` is the mean task training loss logged over the last 20% of a run's steps (the model at
+its final sparsity): the "cannot fit" curve of Gordon et al. 2020 plots it against sparsity.
 """
 
 from __future__ import annotations
@@ -60,8 +60,14 @@ FIRST_COLUMNS = (
 
 
 def final_train_loss(train: Mapping[str, Any], tail: float = 0.2) -> float | None:
-    """Mean logged training loss over the last `tail` of the steps (the last logged loss if none there)."""
-    logged = [(e["step"], e["loss"]) for e in train.get("log_history", []) if "loss" in e and "step" in e]
+    """Mean logged task loss over the last `tail` of the steps (the last logged loss if none there).
+
+    A distilled run logs its task loss apart (`loss_task`) from the weighted total (`loss`); the task
+    loss is the one comparable with runs trained without a teacher.
+    """
+    history = [e for e in train.get("log_history", []) if "step" in e]
+    key = "loss_task" if any("loss_task" in e for e in history) else "loss"
+    logged = [(e["step"], e[key]) for e in history if key in e]
     if not logged:
         loss = train.get("train_loss")
         return float(loss) if loss is not None else None

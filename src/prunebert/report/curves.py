@@ -79,9 +79,10 @@ def train_loss_vs_sparsity(res: StudyResults, out: Path) -> Section:
         "train_loss_vs_sparsity",
         'Downstream training loss vs sparsity ("cannot fit", Gordon et al. 2020)',
         png,
-        "Mean training loss logged over the last 20% of each fine-tuning run (the model at its final "
-        "sparsity). A rising training loss means the pruned model can no longer fit the task's training "
-        "data, not just that it generalises worse.",
+        "Mean task training loss logged over the last 20% of each fine-tuning run (the model at its final "
+        "sparsity; for distilled runs the task loss alone, not the weighted total). A rising training "
+        "loss means the pruned model can no longer fit the task's training data, not just that it "
+        "generalises worse.",
     )
 
 

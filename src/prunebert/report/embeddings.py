@@ -91,13 +91,16 @@ def knn_overlap(a: np.ndarray, b: np.ndarray, k: int) -> float:
 
 def _load(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The encoder (any head dropped) and tokenizer saved at `path`, without transformers' load report."""
-    previous = transformers.logging.get_verbosity()
+    previous, bar = transformers.logging.get_verbosity(), transformers.logging.is_progress_bar_enabled()
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
     try:
         model = AutoModel.from_pretrained(str(path)).eval()
         return model, AutoTokenizer.from_pretrained(str(path))
     finally:
         transformers.logging.set_verbosity(previous)
+        if bar:
+            transformers.logging.enable_progress_bar()
 
 
 def embedding_map(chosen: Chosen, seeds: list[str], k: int, out: Path) -> Section:

@@ -67,7 +67,7 @@ def results_table(res: StudyResults) -> str:
 
 def _settings(res: StudyResults) -> str:
     study = res.table.get("study", {})
-    tasks = ", ".join(t.get("name") or t.get("task", "?") for t in study.get("tasks", []))
+    tasks = ", ".join(res.tasks() or [t.get("name") or t.get("task", "?") for t in study.get("tasks", [])])
     methods = ", ".join(m.get("name", "?") for m in study.get("methods", []))
     facts = [
         ("model", study.get("model")),
