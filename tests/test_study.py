@@ -165,6 +165,7 @@ def test_recipe_round_trip_and_shorthands(tmp_path: Path) -> None:
         ({"sparsities": [1.0]}, r"bad value for 'sparsities'"),
         ({"finetune": {"model": "x"}}, r"'model' is set by the study"),
         ({"pretrain": {"text": "x"}}, r"'text' is set by the study"),
+        ({"finetune": {"pruning": {"sparsity": 0.3}}}, r"'pruning.sparsity' is set by the grid"),
         ({"finetune": {"train": {"lr": 1}}}, r"study section 'finetune': unknown recipe key 'train.lr'"),
         (
             {"pretrain": {"pruning": {"schedul": "cubic"}}},

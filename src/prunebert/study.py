@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from prunebert.config import StrictModel
 from prunebert.data.local import SUFFIXES
@@ -134,7 +134,7 @@ class StudyConfig(StrictModel):
 
     @field_validator("tasks", "methods", mode="before")
     @classmethod
-    def _names(cls, value: Any, info: Any) -> Any:
+    def _names(cls, value: Any, info: ValidationInfo) -> Any:
         """A bare string is shorthand: `rotten-tomatoes` for {task: ...}, `magnitude` for {name: ...}."""
         key = "task" if info.field_name == "tasks" else "name"
         return [{key: v} if isinstance(v, str) else v for v in value] if isinstance(value, list) else value
@@ -178,6 +178,10 @@ def _no_fixed_keys(section: dict[str, Any], fixed: set[str]) -> dict[str, Any]:
     clash = sorted(fixed & set(section))
     if clash:
         raise ValueError(f"{clash[0]!r} is set by the study (per run or per task), not in a stage section")
+    pruning = section.get("pruning") or {}
+    grid = sorted({"method", "sparsity"} & set(pruning if isinstance(pruning, dict) else {}))
+    if grid:
+        raise ValueError(f"'pruning.{grid[0]}' is set by the grid (`methods`, `sparsities`)")
     return section
 
 
