@@ -18,17 +18,21 @@ from tiny import tiny_classifier, tiny_config
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: PreTrainedTokenizerBase) -> list[str]:
-    """A tiny dense classifier and a copy with 80% of its encoder weights zeroed."""
+    """A tiny dense classifier, a copy with 80% of its encoder weights zeroed, and a slimmed copy."""
     root = tmp_path_factory.mktemp("bench")
-    for name, sparsity in (("dense", 0.0), ("sparse", 0.8)):
+    for name, sparsity in (("dense", 0.0), ("sparse", 0.8), ("structured", 0.0)):
         model = tiny_classifier()
         with torch.no_grad():
             for key, p in model.named_parameters():
                 if ".encoder." in key and p.dim() == 2:
                     p.mul_(torch.rand_like(p) >= sparsity)
+            if name == "structured":  # half the FFN neurons of every layer
+                for layer in model.bert.encoder.layer:
+                    layer.output.dense.weight[:, :32] = 0
         model.save_pretrained(root / name)
         tiny_tokenizer.save_pretrained(root / name)
-    return [str(root / "dense"), str(root / "sparse")]
+    assert main(["slim", str(root / "structured"), str(root / "slim")]) == 0
+    return [str(root / "dense"), str(root / "sparse"), str(root / "slim")]
 
 
 def test_summarize_rounds_discards_disturbed_rounds_golden() -> None:
@@ -59,7 +63,7 @@ def test_encoder_flops_golden() -> None:
 
 
 def test_bench_json_structure_and_same_run_ratios(models: list[str]) -> None:
-    dense, sparse = models
+    dense, sparse, slim = models
     settings = BenchSettings(
         variants=("torch", "torch-int8", "torch-csr"),
         batch_sizes=(1, 2),
@@ -68,9 +72,14 @@ def test_bench_json_structure_and_same_run_ratios(models: list[str]) -> None:
         iters=2,
         warmup=1,
     )
-    result = run_bench([dense, sparse], settings)
+    result = run_bench([dense, sparse, slim], settings)
     assert result["baseline"] == {"model": dense, "variant": "torch"}
-    assert set(result["models"]) == {dense, sparse}
+    assert set(result["models"]) == {dense, sparse, slim}
+    slim_flops = result["models"][slim]["flops_per_sequence"]["dense"]
+    dense_flops = result["models"][dense]["flops_per_sequence"]["dense"]
+    # 2 layers x 2 FLOPs x 2 matrices (FFN in, out) x 32 neurons x 32 wide x 8 tokens
+    assert slim_flops == dense_flops - 2 * 2 * 2 * 32 * 32 * 8
+    assert result["models"][slim]["params"] < result["models"][dense]["params"]
     facts = result["models"][sparse]
     assert facts["nonzero_params"] < facts["params"] == result["models"][dense]["params"]
     assert facts["flops_per_sequence"]["nonzero_weights"] < facts["flops_per_sequence"]["dense"]
@@ -80,7 +89,7 @@ def test_bench_json_structure_and_same_run_ratios(models: list[str]) -> None:
         assert block["rounds"] == 2 and block["seq_len"] == 8
         rows = block["runners"]
         assert [(r["role"], r["variant"]) for r in rows][:2] == [("baseline", "torch"), ("runner", "torch")]
-        assert len(rows) == 1 + 2 * 3
+        assert len(rows) == 1 + 3 * 3
         kept = [i for i in range(2) if i not in block["discarded_rounds"]]
         baseline_rounds = rows[0]["round_latency_s"]
         assert rows[0]["speedup"] == {"min": 1.0, "median": 1.0, "max": 1.0}
@@ -105,7 +114,7 @@ def test_bench_cli_writes_json_and_table(
 ) -> None:
     variants = "torch,onnxruntime-int8" if available("onnxruntime") and available("onnxscript") else "torch"
     out = tmp_path / "bench.json"
-    args = ["bench", models[1], "--baseline", models[0], "--variants", variants, "--batch-sizes", "1"]
+    args = ["bench", models[2], "--baseline", models[0], "--variants", variants, "--batch-sizes", "1"]
     args += ["--seq-len", "8", "--rounds", "2", "--iters", "1", "--threads", "1", "--json-out", str(out)]
     assert main(args) == 0
     table = capsys.readouterr().out

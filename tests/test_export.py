@@ -15,6 +15,7 @@ from conftest import TINY_WORDS
 from prunebert.cli import main
 from prunebert.errors import PrunebertError
 from prunebert.export import EXPORT_FILE, ExportOptions, _child_error, export_model
+from prunebert.models import load_model
 from prunebert.runtimes import Runner, available, onnxruntime_runner, openvino_runner
 from tiny import tiny_classifier, tiny_config
 
@@ -51,7 +52,20 @@ def workspace(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: PreTrain
         words.insert(rng.randint(0, len(words)), "good" if label else "bad")
         rows.append(f"{' '.join(words)},{label}\n")
     (root / "task.csv").write_text("text,label\n" + "".join(rows))
+    _slimmed(root, tiny_tokenizer)
     return root
+
+
+def _slimmed(root: Path, tokenizer: PreTrainedTokenizerBase) -> None:
+    """`slim/`: a classifier with heads and FFN neurons zeroed, physically removed by `prunebert slim`."""
+    model = tiny_classifier(seed=2)
+    with torch.no_grad():
+        for i, layer in enumerate(model.bert.encoder.layer):  # head size 8: drop head 1, then heads 0-2
+            layer.attention.output.dense.weight[:, slice(8, 16) if i == 0 else slice(0, 24)] = 0
+            layer.output.dense.weight[:, :40] = 0
+    model.save_pretrained(root / "structured")
+    tokenizer.save_pretrained(root / "structured")
+    assert main(["slim", str(root / "structured"), str(root / "slim")]) == 0
 
 
 def _inputs(names: list[str], batch: int, seq: int, seed: int) -> dict[str, np.ndarray]:
@@ -123,6 +137,16 @@ def test_onnx_export_runs_in_a_child_process(
     x = _inputs(manifest["inputs"], 3, 17, 2)
     expected = _torch_out(AutoModel.from_pretrained(workspace / "distil").eval(), x, "last_hidden_state")
     assert np.abs(onnxruntime_runner(tmp_path / "o/model.onnx", 1)(x) - expected).max() <= 1e-4
+
+
+@needs_onnx
+def test_slimmed_model_exports_and_matches(workspace: Path, tmp_path: Path) -> None:
+    manifest = export_model(ExportOptions(str(workspace / "slim"), str(tmp_path / "o"), "onnx"))
+    slim = load_model(str(workspace / "slim"), "classification").model.eval()
+    assert slim.bert.encoder.layer[1].intermediate.dense.out_features == 24  # really smaller
+    x = _inputs(manifest["inputs"], 2, 19, 4)
+    got = onnxruntime_runner(tmp_path / "o/model.onnx", 1)(x)
+    assert np.abs(got - _torch_out(slim, x, "logits")).max() <= 1e-4
 
 
 @needs_openvino

@@ -217,3 +217,5 @@ def test_cli_round_trip_and_refusals(
     assert main(["decompress", str(pruned_dir), str(tmp_path / "x")]) == 2  # not a compressed dir
     assert main(["compress", str(tmp_path / "c"), str(tmp_path / "y")]) == 2  # already compressed
     assert "already compressed" in capsys.readouterr().err
+    assert main(["bench", str(tmp_path / "c"), "--variants", "torch"]) == 2  # must be decompressed first
+    assert "prunebert decompress" in capsys.readouterr().err

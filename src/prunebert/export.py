@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from prunebert.errors import PrunebertError
+from prunebert.inference import refuse_compressed
 from prunebert.models import load_config
 from prunebert.runtimes import require
 
@@ -82,6 +83,7 @@ def export_model(options: ExportOptions, overwrite: bool = False, quiet: bool = 
     """Export in a child process; returns the manifest it wrote to OUT/prunebert_export.json."""
     require(*options.needs())
     load_config(options.model)  # a wrong model is a one-line error here, before a child starts
+    refuse_compressed(options.model)
     out = Path(options.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise PrunebertError(f"{out} exists and is not empty; pass a new directory or --overwrite")

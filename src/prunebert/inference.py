@@ -31,6 +31,7 @@ __all__ = [
     "example_inputs",
     "load_inference_model",
     "max_sequence_length",
+    "refuse_compressed",
     "task_batches",
     "weight_bytes",
 ]
@@ -83,6 +84,7 @@ def _is_classifier(config: PretrainedConfig) -> bool:
 def load_inference_model(spec: str) -> InferenceModel:
     """Load `spec` for inference: its classifier if it was saved with one, else its encoder."""
     config = load_config(spec)
+    refuse_compressed(spec)
     head: Head = "classification" if _is_classifier(config) else "base"
     loaded = load_model(spec, head)
     model = loaded.model.eval()
@@ -98,6 +100,17 @@ def load_inference_model(spec: str) -> InferenceModel:
         output,
         loaded.new_head,
     )
+
+
+def refuse_compressed(spec: str) -> None:
+    """A directory written by `prunebert compress` must be decompressed before it can run."""
+    from prunebert.storage import SUFFIX
+
+    directory = Path(resolve_model_path(spec))
+    if directory.is_dir() and any(directory.glob("*" + SUFFIX)):
+        raise PrunebertError(
+            f"{spec} holds compressed weights; run `prunebert decompress {spec} OUT` and use OUT"
+        )
 
 
 def max_sequence_length(config: PretrainedConfig) -> int:
