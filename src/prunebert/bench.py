@@ -3,8 +3,9 @@
 The protocol, per batch size:
 1. build every runner (model x variant) and the baseline (the dense torch fp32 model of `--baseline`,
    default the first MODEL), give each `warmup` untimed calls;
-2. `rounds` rounds; in each, every runner makes `iters` timed calls on the same seeded input, runners
-   in list order in even rounds and reversed in odd ones, so a slow drift in machine load hits all;
+2. `rounds` rounds; in each, every runner makes one untimed call (the previous runner evicted its caches)
+   then `iters` timed calls on the same seeded input, runners in list order in even rounds and reversed
+   in odd ones, so a slow drift in machine load hits all;
 3. a round whose baseline latency is more than `disturbance` (default 20%) away from the (low)
    median baseline latency was disturbed by other load: it is discarded for every runner (and counted);
 4. per runner: latency min/median/max over kept rounds, and the speedup `baseline / runner` computed
@@ -105,6 +106,8 @@ def summarize_rounds(series: list[list[float]], disturbance: float) -> dict[str,
 
 
 def _time(runner: BuiltRunner, inputs: dict[str, np.ndarray], iters: int) -> float:
+    """Seconds per call over `iters` calls, after one untimed call (the last runner evicted the caches)."""
+    runner.run(inputs)
     start = time.perf_counter()
     for _ in range(iters):
         runner.run(inputs)
@@ -241,25 +244,31 @@ def run_bench(models: list[str], settings: BenchSettings) -> dict[str, Any]:
     }
 
 
-def _runner_line(row: dict[str, Any]) -> str:
+def _runner_line(row: dict[str, Any], labels: dict[str, str]) -> str:
     s = row["speedup"]
     variant = row["variant"] + (" (baseline)" if row["role"] == "baseline" else "")
+    name = _short(labels.get(row["model"], row["model"]))
     return (
-        f"{_short(row['model']):<36} {variant:<18} {row['latency_s']['median'] * 1e3:>10.2f} "
+        f"{name:<36} {variant:<18} {row['latency_s']['median'] * 1e3:>10.2f} "
         f"{s['median']:>7.2f}x {s['min']:>5.2f}-{s['max']:<6.2f} {row['max_abs_diff_vs_torch_fp32']:>9.1e}"
     )
 
 
-def _model_line(spec: str, facts: dict[str, Any]) -> str:
+def _model_line(spec: str, facts: dict[str, Any], labels: dict[str, str]) -> str:
     flops = facts["flops_per_sequence"]
     gflops = f"{flops['dense'] / 1e9:.3f}" if flops else "n/a"
     size = f"{facts['weight_bytes'] / 1e6:.1f}" if facts["weight_bytes"] is not None else "n/a"
-    return f"{_short(spec):<36} {facts['params']:>12,} {facts['nonzero_params']:>12,} {gflops:>11} {size:>11}"
+    name = _short(labels.get(spec, spec))
+    return f"{name:<36} {facts['params']:>12,} {facts['nonzero_params']:>12,} {gflops:>11} {size:>11}"
 
 
-def format_bench(result: dict[str, Any]) -> str:
-    """A readable table per batch size: latency, speedup over the baseline, size and FLOPs."""
-    baseline = result["baseline"]["model"]
+def format_bench(result: dict[str, Any], labels: dict[str, str] | None = None) -> str:
+    """A readable table per batch size: latency, speedup over the baseline, size and FLOPs.
+
+    `labels` names models in place of their paths.
+    """
+    labels = labels or {}
+    baseline = labels.get(result["baseline"]["model"], result["baseline"]["model"])
     lines = [f"baseline: {baseline} [torch fp32 eager]; speedup = baseline / runner within each round"]
     header = (
         f"{'model':<36} {'variant':<18} {'median ms':>10} {'speedup':>8} {'(min-max)':>12} {'max|diff|':>9}"
@@ -271,10 +280,10 @@ def format_bench(result: dict[str, Any]) -> str:
             f"batch {block['batch_size']} x seq {block['seq_len']}: {kept}/{block['rounds']} rounds kept "
             f"({len(block['discarded_rounds'])} discarded as disturbed)",
             header,
-            *(_runner_line(row) for row in block["runners"]),
+            *(_runner_line(row, labels) for row in block["runners"]),
         ]
     lines += ["", f"{'model':<36} {'params':>12} {'nonzero':>12} {'GFLOPs/seq':>11} {'MB on disk':>11}"]
-    lines += [_model_line(spec, facts) for spec, facts in result["models"].items()]
+    lines += [_model_line(spec, facts, labels) for spec, facts in result["models"].items()]
     lines += [f"skipped {skip['variant']}: {skip['reason']}" for skip in result["skipped"]]
     return "\n".join(lines)
 
