@@ -202,16 +202,33 @@ def run_export(options: ExportOptions) -> dict[str, Any]:
     return manifest
 
 
+def _export_fp32(options: ExportOptions, model: InferenceModel, path: Path) -> Any:
+    """Write the fp32 model; returns the in-memory OpenVINO model (None for ONNX) for quantization."""
+    if options.format == "onnx":
+        export_onnx(model, path, options.opset)
+        return None
+    return export_openvino(model, path)
+
+
+def _quantize(
+    options: ExportOptions, model: InferenceModel, fp32_path: Path, converted: Any
+) -> dict[str, Any]:
+    """Write the int8 model beside the fp32 one; returns what was done."""
+    calibration = _calibration(options, model)
+    int8_path = fp32_path.parent / FILES[(options.format, True)]
+    with _scratch_cwd():
+        if options.format == "onnx":
+            return quantize_onnx(fp32_path, int8_path, calibration)
+        return quantize_openvino(converted, int8_path, calibration)
+
+
 def _export_into(options: ExportOptions, model: InferenceModel, tmp: Path, out: Path) -> dict[str, Any]:
     model.config.save_pretrained(tmp)
     model.tokenizer.save_pretrained(tmp)
     fp32_path = tmp / FILES[(options.format, False)]
-    reference = torch_runner(model.module, model.input_names)
-    if options.format == "onnx":
-        export_onnx(model, fp32_path, options.opset)
-    else:
-        converted = export_openvino(model, fp32_path)
+    converted = _export_fp32(options, model, fp32_path)
     inputs = check_inputs(model, options.seed)
+    reference = torch_runner(model.module, model.input_names)
     runners = {"torch_fp32": reference, f"{options.format}_fp32": _runner(options.format, fp32_path)}
     diff = _max_diff(reference, runners[f"{options.format}_fp32"], inputs)
     if not diff <= options.tolerance:
@@ -219,24 +236,18 @@ def _export_into(options: ExportOptions, model: InferenceModel, tmp: Path, out: 
             f"{options.format} outputs differ from PyTorch by {diff:.2e} > {options.tolerance:.0e}; "
             "the export is wrong for this model: report it with the model's config"
         )
-    files = {fp32_path.name: {"precision": "fp32", "max_abs_diff": diff}}
-    int8: dict[str, Any] | None = None
-    if options.int8:
-        int8_path = tmp / FILES[(options.format, True)]
-        calibration = _calibration(options, model)
-        with _scratch_cwd():
-            if options.format == "onnx":
-                int8 = quantize_onnx(fp32_path, int8_path, calibration)
-            else:
-                int8 = quantize_openvino(converted, int8_path, calibration)
-        runners[f"{options.format}_int8"] = _runner(options.format, int8_path)
-        files[int8_path.name] = {
-            "precision": "int8",
-            "max_abs_diff": _max_diff(reference, runners[f"{options.format}_int8"], inputs),
-        }
-    for name, info in files.items():
-        info["bytes"] = _bytes(tmp / name)
+    int8 = _quantize(options, model, fp32_path, converted) if options.int8 else None
+    if int8 is not None:
+        runners[f"{options.format}_int8"] = _runner(options.format, tmp / FILES[(options.format, True)])
+    files = {}
+    for (fmt, quantized), name in FILES.items():
+        if fmt == options.format and (tmp / name).is_file():
+            run = runners[f"{fmt}_{'int8' if quantized else 'fp32'}"]
+            precision = "int8" if quantized else "fp32"
+            files[name] = {"precision": precision, "max_abs_diff": _max_diff(reference, run, inputs)}
+            files[name]["bytes"] = _bytes(tmp / name)
     accuracy, note = _accuracy(options, model, runners)
+    shapes = [list(x[model.input_names[0]].shape) for x in inputs]
     manifest = {
         "model": options.model,
         "out": str(out),
@@ -244,11 +255,7 @@ def _export_into(options: ExportOptions, model: InferenceModel, tmp: Path, out: 
         "inputs": list(model.input_names),
         "output": model.output_name,
         "files": files,
-        "check": {
-            "max_abs_diff": diff,
-            "tolerance": options.tolerance,
-            "shapes": [list(x[model.input_names[0]].shape) for x in inputs],
-        },
+        "check": {"max_abs_diff": diff, "tolerance": options.tolerance, "shapes": shapes},
         "int8": int8,
         "calibration": options.calibration,
         "accuracy": accuracy,

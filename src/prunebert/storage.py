@@ -263,7 +263,7 @@ def _compress_file(
     }
     payload: dict[str, torch.Tensor] = {}
     entries, rows = {}, []
-    with _Reading(file) as f:
+    with _open(file) as f:
         manifest["source_metadata"] = f.metadata() or {}
         for i, name in enumerate(f.keys()):
             tensor = f.get_tensor(name)
@@ -293,21 +293,12 @@ def _compress_file(
     return rows
 
 
-class _Reading:
-    """`safe_open` whose failures become one-line PrunebertErrors."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __enter__(self) -> Any:
-        try:
-            self.handle = safe_open(str(self.path), framework="pt")
-            return self.handle.__enter__()
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise _damaged(self.path, exc) from None
-
-    def __exit__(self, *exc: object) -> None:
-        self.handle.__exit__(*exc)
+def _open(path: Path) -> Any:
+    """`safe_open` whose failure is a one-line PrunebertError."""
+    try:
+        return safe_open(str(path), framework="pt")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise _damaged(path, exc) from None
 
 
 def _damaged(path: Path, exc: BaseException) -> PrunebertError:
@@ -334,7 +325,7 @@ def decompress_model(src: Path, out: Path, overwrite: bool = False) -> dict[str,
 
 def _decompress_file(file: Path, out: Path, refs: dict[str, np.ndarray]) -> str:
     try:
-        with _Reading(file) as f:
+        with _open(file) as f:
             manifest = json.loads((f.metadata() or {})[_MANIFEST_KEY])
             if manifest.get("format") != FORMAT or int(manifest.get("version", -1)) > VERSION:
                 raise ValueError(
