@@ -19,7 +19,11 @@ BATCH = {
 
 
 def _pruned_are_zero(pruner: Pruner) -> bool:
-    return all(bool((w[~pruner.masks[n]] == 0).all()) for n, w in pruner.weights().items())
+    """Exactly +0.0: no -0.0 either (a sign bit would cost sparse storage one bit per pruned weight)."""
+    return all(
+        bool((w[~pruner.masks[n]] == 0).all()) and not bool(torch.signbit(w[~pruner.masks[n]]).any())
+        for n, w in pruner.weights().items()
+    )
 
 
 def _train(

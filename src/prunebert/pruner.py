@@ -112,9 +112,10 @@ class Pruner:
     # -- per-step work -----------------------------------------------------------------------------
     @torch.no_grad()
     def enforce(self) -> None:
-        """Set every pruned weight to exactly zero."""
+        """Set every pruned weight to exactly +0.0 (not -0.0, as `w * 0` gives for negative w: sparse
+        storage then needs no sign bits)."""
         for name, weight in self.weights().items():
-            weight.mul_(self.masks[name])
+            weight.masked_fill_(~self.masks[name], 0.0)
 
     def after_backward(self) -> None:
         """Let the method read gradients (e.g. movement scores) once per optimizer step."""
