@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 from prunebert.targets import ENCODER_ROLES
 
@@ -15,6 +22,21 @@ class StrictModel(BaseModel):
     """A recipe section: unknown keys and wrong types are errors, assignments are validated."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    #: fields added after runs were recorded: left out of a dump while they hold their default, so a
+    #: recipe saved before they existed still equals today's dump of it (resume and reuse compare dumps)
+    recorded_if_set: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_new_defaults(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if isinstance(data, dict):
+            for name in self.recorded_if_set:
+                if name in data and getattr(self, name) == type(self).model_fields[name].get_default(
+                    call_default_factory=True
+                ):
+                    del data[name]
+        return data
 
 
 class PruningConfig(StrictModel):

@@ -37,6 +37,7 @@ __all__ = [
     "hidden_state_loss",
     "layer_map",
     "soft_label_loss",
+    "span_soft_loss",
 ]
 
 _TEACHER_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
@@ -92,6 +93,32 @@ def soft_label_loss(
     log_s = F.log_softmax(student / temperature, dim=-1)
     log_t = F.log_softmax(teacher / temperature, dim=-1)
     return F.kl_div(log_s, log_t, reduction="batchmean", log_target=True) * temperature**2
+
+
+def span_soft_loss(
+    student: tuple[torch.Tensor, torch.Tensor],
+    teacher: tuple[torch.Tensor, torch.Tensor],
+    attention_mask: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """Extractive QA: the soft-label loss over token positions of the start logits and of the end logits
+    (each (B, T)), averaged (Sanh, Wolf & Rush 2020's SQuAD distillation); padding positions take no part."""
+    padding = attention_mask == 0  # (B, T)
+    losses = [
+        soft_label_loss(
+            s.float().masked_fill(padding, -1e4), t.float().masked_fill(padding, -1e4), temperature
+        )
+        for s, t in zip(student, teacher, strict=True)
+    ]
+    return (losses[0] + losses[1]) / 2
+
+
+def _soft(student_outputs: Any, teacher_outputs: Any, mask: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The soft-label term of a model's outputs: over classes (logits) or over positions (QA spans)."""
+    if getattr(student_outputs, "start_logits", None) is None:
+        return soft_label_loss(student_outputs.logits, teacher_outputs.logits, temperature)
+    spans = [(o.start_logits, o.end_logits) for o in (student_outputs, teacher_outputs)]
+    return span_soft_loss(spans[0], spans[1], mask, temperature)
 
 
 def _masked_mse(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -183,13 +210,13 @@ class Distiller:
             teacher_outputs = self.teacher(
                 **{k: inputs[k] for k in self._inputs if k in inputs}, **self.output_flags()
             )
-        logits = student_outputs.logits  # (B, num_labels)
+        ids = inputs["input_ids"]
         mask = inputs.get("attention_mask")
         if mask is None:
-            mask = torch.ones(inputs["input_ids"].shape, device=logits.device)
+            mask = torch.ones(ids.shape, device=ids.device)
         parts: dict[str, torch.Tensor] = {}
-        if cfg.alpha_soft > 0:
-            parts["soft"] = soft_label_loss(logits, teacher_outputs.logits, cfg.temperature)
+        if cfg.alpha_soft > 0:  # logits (B, num_labels), or QA start/end logits (B, T)
+            parts["soft"] = _soft(student_outputs, teacher_outputs, mask, cfg.temperature)
         if cfg.alpha_hidden > 0:
             hidden_s, hidden_t = student_outputs.hidden_states, teacher_outputs.hidden_states
             pairs = layer_map(len(hidden_s) - 1, len(hidden_t) - 1)
@@ -203,7 +230,7 @@ class Distiller:
                 )
             parts["attention"] = attention_loss(attn_s, attn_t, mask, layer_map(len(attn_s), len(attn_t)))
         weights = {"soft": cfg.alpha_soft, "hidden": cfg.alpha_hidden, "attention": cfg.alpha_attention}
-        total = sum((weights[k] * v for k, v in parts.items()), logits.new_zeros((), dtype=torch.float32))
+        total = sum((weights[k] * v for k, v in parts.items()), torch.zeros((), device=ids.device))
         return total, {k: v.detach() for k, v in parts.items()}
 
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import re
+import string
+from collections import Counter
+from collections.abc import Sequence
+
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
@@ -15,12 +20,22 @@ __all__ = [
     "f1",
     "macro_f1",
     "matthews_corrcoef",
+    "normalize_answer",
     "pearson",
     "spearman",
+    "squad_exact_match",
+    "squad_f1",
+    "squad_scores",
 ]
 
-METRICS = ("accuracy", "f1", "mcc", "pearson_spearman")
-PRIMARY_METRIC = {"accuracy": "accuracy", "f1": "f1", "mcc": "mcc", "pearson_spearman": "combined"}
+METRICS = ("accuracy", "f1", "mcc", "pearson_spearman", "squad")
+PRIMARY_METRIC = {
+    "accuracy": "accuracy",
+    "f1": "f1",
+    "mcc": "mcc",
+    "pearson_spearman": "combined",
+    "squad": "f1",
+}
 """Which key of ``compute_metrics``'s result to rank runs by, per task metric."""
 
 
@@ -99,6 +114,8 @@ def spearman(predictions: ArrayLike, labels: ArrayLike) -> float:
 
 def compute_metrics(task_metric: str, predictions: ArrayLike, labels: ArrayLike) -> dict[str, float]:
     """Metrics for a task: logits (N, C) are arg-maxed; regression takes scores of shape (N,) or (N, 1)."""
+    if task_metric == "squad":
+        raise ValueError("extractive QA is scored on answer texts: use squad_scores, not compute_metrics")
     preds = np.asarray(predictions)
     if task_metric == "pearson_spearman":
         scores = preds.reshape(preds.shape[0], -1)
@@ -116,3 +133,40 @@ def compute_metrics(task_metric: str, predictions: ArrayLike, labels: ArrayLike)
     raise PrunebertError(
         f"unknown task metric {task_metric!r} (known: {', '.join(METRICS)}); pass one of them"
     )
+
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCTUATION = set(string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD v1.1's normalisation: lower case, no punctuation, no articles (a/an/the), single spaces."""
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def squad_exact_match(prediction: str, truth: str) -> float:
+    """1.0 if the normalised texts are equal."""
+    return float(normalize_answer(prediction) == normalize_answer(truth))
+
+
+def squad_f1(prediction: str, truth: str) -> float:
+    """Token-overlap F1 of the normalised texts (SQuAD v1.1: bag of whitespace tokens)."""
+    pred, gold = normalize_answer(prediction).split(), normalize_answer(truth).split()
+    common = sum((Counter(pred) & Counter(gold)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(gold)
+    return 2 * precision * recall / (precision + recall)
+
+
+def squad_scores(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float]:
+    """Exact match and F1 (fractions in [0, 1]; SQuAD's script prints them x100), each the best over the
+    gold answers of a question, averaged over questions."""
+    if len(predictions) != len(references) or not predictions:
+        raise ValueError(f"need equal, non-zero lengths; got {len(predictions)} and {len(references)}")
+    em = [
+        max(squad_exact_match(p, g) for g in golds) for p, golds in zip(predictions, references, strict=True)
+    ]
+    f1s = [max(squad_f1(p, g) for g in golds) for p, golds in zip(predictions, references, strict=True)]
+    return {"exact_match": float(np.mean(em)), "f1": float(np.mean(f1s))}

@@ -8,6 +8,7 @@ later stage (fine-tuning after pre-training) keeps exactly the same pattern.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,11 +16,13 @@ from pathlib import Path
 from typing import Literal
 
 import transformers
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForMaskedLM,
+    AutoModelForPreTraining,
+    AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     PretrainedConfig,
@@ -30,6 +33,7 @@ from transformers import (
 from prunebert import assets
 from prunebert.config import PruningConfig
 from prunebert.errors import PrunebertError
+from prunebert.fixed_attention import restore_fixed_attention
 from prunebert.masks import MASKS_FILE, load_masks
 from prunebert.pruner import Pruner
 from prunebert.slim import is_slim, load_slim_with_info
@@ -37,13 +41,24 @@ from prunebert.targets import ARCHITECTURES
 
 __all__ = [
     "LoadedModel",
+    "has_nsp_head",
     "load_model",
     "resolve_model_path",
     "save_pruned",
     "transfer_pruner",
 ]
 
-Head = Literal["mlm", "classification", "base"]
+Head = Literal["mlm", "classification", "qa", "pretraining", "base"]
+#: head -> the Auto class that builds it ("pretraining": MLM + next-sentence prediction, original BERT)
+AUTO_CLASSES = {
+    "mlm": AutoModelForMaskedLM,
+    "classification": AutoModelForSequenceClassification,
+    "qa": AutoModelForQuestionAnswering,
+    "pretraining": AutoModelForPreTraining,
+    "base": AutoModel,
+}
+_NSP_ARCHITECTURES = ("BertForPreTraining", "BertForNextSentencePrediction")
+_NSP_WEIGHT = "cls.seq_relationship.weight"
 
 
 @dataclass
@@ -106,8 +121,28 @@ def load_config(spec: str) -> PretrainedConfig:
     return config
 
 
+def has_nsp_head(spec: str) -> bool:
+    """Whether a BERT checkpoint has a next-sentence-prediction head (its config or its weights say so)."""
+    config = load_config(spec)
+    if config.model_type != "bert":
+        return False
+    if any(a in _NSP_ARCHITECTURES for a in config.architectures or []):
+        return True
+    path = Path(resolve_model_path(spec))
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        return _NSP_WEIGHT in json.loads(index.read_text()).get("weight_map", {})
+    if not (path / "model.safetensors").is_file():
+        return False
+    with _damaged(spec, "weights"), safe_open(str(path / "model.safetensors"), "pt") as weights:
+        return _NSP_WEIGHT in weights.keys()  # noqa: SIM118 -- safe_open has no __contains__
+
+
 def load_model(spec: str, head: Head, num_labels: int | None = None) -> LoadedModel:
-    """Load `spec` with the given head; `num_labels=1` makes a regression head."""
+    """Load `spec` with the given head; `num_labels=1` makes a regression head.
+
+    Fixed attention patterns recorded in the config (`prunebert.fixed_attention`) are re-applied.
+    """
     config = load_config(spec)
     path = resolve_model_path(spec)
     kwargs: dict[str, object] = {}
@@ -121,20 +156,18 @@ def load_model(spec: str, head: Head, num_labels: int | None = None) -> LoadedMo
         kwargs = {"num_labels": num_labels or config.num_labels}
         if num_labels == 1:
             kwargs["problem_type"] = "regression"
-    auto = {
-        "mlm": AutoModelForMaskedLM,
-        "classification": AutoModelForSequenceClassification,
-        "base": AutoModel,
-    }
     _refuse_pickles(spec, Path(path))
     with _quiet_transformers(), _damaged(spec, "weights"):
         if is_slim(config):  # heads / neurons physically removed: transformers cannot size it alone
-            model, missing = load_slim_with_info(path, auto[head], **kwargs)
+            model, missing = load_slim_with_info(path, AUTO_CLASSES[head], **kwargs)
             info = {"missing_keys": missing}
         else:
-            model, info = auto[head].from_pretrained(  # safetensors only: never unpickle a user's file
+            model, info = AUTO_CLASSES[
+                head
+            ].from_pretrained(  # safetensors only: never unpickle a user's file
                 path, output_loading_info=True, use_safetensors=True, **kwargs
             )
+    restore_fixed_attention(model)
     with _quiet_transformers(), _damaged(spec, "tokenizer"):
         tokenizer = AutoTokenizer.from_pretrained(path)
     prefix = model.base_model_prefix

@@ -12,7 +12,7 @@ from prunebert.data.schema import Columns, RawSplit, RawTask, pick_columns
 from prunebert.data.splits import carve, split_three
 from prunebert.errors import PrunebertError
 
-__all__ = ["GLUE_TASKS", "HubTask", "hub_load", "load_hub", "parse_hub_spec"]
+__all__ = ["GLUE_TASKS", "HubTask", "fetch_hub", "hub_load", "load_hub", "parse_hub_spec"]
 
 
 @dataclass(frozen=True)
@@ -100,17 +100,23 @@ def _arrange(
     return {"train": train, "dev": dev, "test": test}
 
 
-def load_hub(spec: str, columns: Columns, seed: int) -> RawTask:
-    """A task from the hub; offline or unknown names raise a ``PrunebertError`` naming the alternatives."""
+def fetch_hub(spec: str) -> datasets.DatasetDict:
+    """The hub dataset `spec` names; offline or unknown names raise a ``PrunebertError`` naming the others."""
     name, config = parse_hub_spec(spec)
     try:
-        dd = hub_load(name, config)
+        return hub_load(name, config)
     except Exception as e:
         raise PrunebertError(
             f"dataset {spec!r} is not built-in (built-ins: {', '.join(sorted(BUILTIN_TASKS))}), not a local "
             f"file, and could not be loaded from the hub ({_short(e)}); pass a local csv/tsv/jsonl path or a "
             f"built-in name"
         ) from e
+
+
+def load_hub(spec: str, columns: Columns, seed: int, dd: datasets.DatasetDict | None = None) -> RawTask:
+    """A labelled task from the hub (`dd`: already fetched with `fetch_hub`)."""
+    name, config = parse_hub_spec(spec)
+    dd = fetch_hub(spec) if dd is None else dd
     known = GLUE_TASKS.get(config or "") if name in _GLUE_NAMES else None
     if known is not None and columns.is_default:
         columns = Columns(known.text, known.text_pair, "label")

@@ -6,17 +6,21 @@ import csv
 import json
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from prunebert.data.schema import Columns, RawSplit, RawTask, check_labels_present, pick_columns
-from prunebert.data.splits import carve, split_three
+from prunebert.data.splits import carve, group_split, split_three
 from prunebert.errors import PrunebertError
 
-__all__ = ["SUFFIXES", "load_local", "read_columns"]
+__all__ = ["SUFFIXES", "SplitReader", "find_split_file", "load_local", "read_columns"]
 
 SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
 _INT = re.compile(r"[+-]?\d+")
+
+SplitReader = Callable[[Path], RawSplit]
+"""Reads one data file into a canonical split (the text/label columns, or a QA task's)."""
 
 
 def read_columns(path: Path) -> dict[str, list[Any]]:
@@ -94,6 +98,15 @@ def _take(split: RawSplit, idx: list[int]) -> RawSplit:
     return {k: [v[i] for i in idx] for k, v in split.items()}
 
 
+def _rows(split: RawSplit) -> int:
+    return len(next(iter(split.values())))
+
+
+def find_split_file(directory: Path, stem: str) -> Path | None:
+    """The ``<stem>.{csv,tsv,jsonl,json}`` file of a data directory, if there is one."""
+    return _find(directory, (stem,))
+
+
 def _find(directory: Path, stems: tuple[str, ...]) -> Path | None:
     """The first ``<stem><suffix>`` file present in ``directory``."""
     for stem in stems:
@@ -103,7 +116,7 @@ def _find(directory: Path, stems: tuple[str, ...]) -> Path | None:
     return None
 
 
-def _load_dir(directory: Path, columns: Columns, seed: int) -> dict[str, RawSplit]:
+def _load_dir(directory: Path, read: SplitReader, seed: int, group: str | None) -> dict[str, RawSplit]:
     """train + optional dev|validation (else 10% carved from train) + required test files."""
     train_path, test_path = _find(directory, ("train",)), _find(directory, ("test",))
     kinds = "{" + ",".join(s[1:] for s in SUFFIXES) + "}"
@@ -113,21 +126,31 @@ def _load_dir(directory: Path, columns: Columns, seed: int) -> dict[str, RawSpli
         raise PrunebertError(
             f"no test.{kinds} in {directory}; add a test file, or pass a single file to get an 80/10/10 split"
         )
-    train = _read_split(train_path, columns)
+    train = read(train_path)
     dev_path = _find(directory, ("dev", "validation"))
     if dev_path is None:
-        keep, dev_idx = carve(len(train["text"]), 0.1, seed)
+        if group is None:
+            keep, dev_idx = carve(_rows(train), 0.1, seed)
+        else:
+            keep, dev_idx, _ = group_split(train[group], seed, dev=0.1, test=0.0)
         dev, train = _take(train, dev_idx), _take(train, keep)
     else:
-        dev = _read_split(dev_path, columns)
-    return {"train": train, "dev": dev, "test": _read_split(test_path, columns)}
+        dev = read(dev_path)
+    return {"train": train, "dev": dev, "test": read(test_path)}
 
 
-def load_local(path: Path, columns: Columns, seed: int) -> RawTask:
-    """A task from a local file (seeded 80/10/10 split) or a directory of split files."""
+def load_local(
+    path: Path, columns: Columns, seed: int, reader: SplitReader | None = None, group: str | None = None
+) -> RawTask:
+    """A task from a local file (seeded 80/10/10 split) or a directory of split files.
+
+    `reader` turns one file into a canonical split (default: the `columns` of a labelled task); rows
+    sharing a value of the `group` column stay in one split (a QA context and all its questions).
+    """
+    read = reader or (lambda p: _read_split(p, columns))
     if path.is_dir():
-        return RawTask(name=path.name, splits=_load_dir(path, columns, seed))
-    data = _read_split(path, columns)
-    train, dev, test = split_three(len(data["text"]), seed)
+        return RawTask(name=path.name, splits=_load_dir(path, read, seed, group))
+    data = read(path)
+    train, dev, test = group_split(data[group], seed) if group else split_three(_rows(data), seed)
     splits = {"train": _take(data, train), "dev": _take(data, dev), "test": _take(data, test)}
     return RawTask(name=path.stem, splits=splits)

@@ -105,21 +105,39 @@ def _kind(v: Any) -> str:
 
 
 def encode_labels(
-    splits: dict[str, list[Any]], where: str, label_names: list[str] | None = None
+    splits: dict[str, list[Any]],
+    where: str,
+    label_names: list[str] | None = None,
+    kind: str | None = None,
 ) -> tuple[dict[str, list[Any]], list[str] | None]:
     """Labels of all splits as class ids (or floats for regression) plus class names (None: regression).
 
     Strings map to ids in ``label_names`` order (default: sorted); integers 0..K-1 are kept, other integer
-    sets are mapped in sorted order; a mix of integers and floats means regression.
+    sets are mapped in sorted order; a mix of integers and floats means regression. ``kind``
+    ("classification" / "regression") overrides that inference: integer scores as a regression, or
+    whole-number floats (1.0) as classes.
     """
     for split, values in splits.items():
         check_labels_present(values, f"{where} ({split})")
     every = [v for values in splits.values() for v in values]
-    kind = _label_kind(every, where)
-    if kind == "float":
+    found = _label_kind(every, where)
+    if kind == "regression" and found == "str":
+        raise PrunebertError(
+            f"labels in {where} are strings, not numbers, so they cannot be a regression target; "
+            "pass --task_type classification or fix the labels"
+        )
+    if kind == "classification" and found == "float":
+        if any(float(v) != int(v) for v in every):
+            raise PrunebertError(
+                f"labels in {where} include fractional numbers, which are not classes; "
+                "pass --task_type regression or fix the labels"
+            )
+        splits = {k: [int(v) for v in vals] for k, vals in splits.items()}
+        every, found = [int(v) for v in every], "int"
+    if kind == "regression" or found == "float":
         return {k: [float(v) for v in vals] for k, vals in splits.items()}, None
     names, index = (
-        _int_index(every, where, label_names) if kind == "int" else _str_index(every, where, label_names)
+        _int_index(every, where, label_names) if found == "int" else _str_index(every, where, label_names)
     )
     return {k: [index[v] for v in vals] for k, vals in splits.items()}, names
 

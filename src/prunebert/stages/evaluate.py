@@ -1,10 +1,11 @@
-"""`evaluate`: the metric a task calls for (accuracy, F1, MCC, Pearson/Spearman) on chosen splits."""
+"""`evaluate`: the metric a task calls for (accuracy, F1, MCC, Pearson/Spearman, SQuAD exact match and F1)
+on chosen splits."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import datasets
 import numpy as np
@@ -15,16 +16,64 @@ from transformers import DataCollatorWithPadding, Trainer
 
 from prunebert.config import StrictModel
 from prunebert.data import TaskData, load_task, tokenize_task
+from prunebert.data.qa import QAColumns
+from prunebert.data.qa_features import best_answers, qa_features
+from prunebert.data.tasks import TaskType
 from prunebert.distributed import is_main_process
 from prunebert.errors import PrunebertError
 from prunebert.io import write_json
-from prunebert.metrics import compute_metrics
-from prunebert.models import load_model
+from prunebert.metrics import compute_metrics, squad_scores
+from prunebert.models import Head, load_model
 from prunebert.stages.common import TrainConfig, environment, training_arguments
 
-__all__ = ["EvaluateConfig", "TaskSpec", "evaluate_splits", "run_evaluate", "task_loss"]
+__all__ = [
+    "EvaluateConfig",
+    "QAConfig",
+    "TaskSpec",
+    "evaluate_splits",
+    "head_for",
+    "run_evaluate",
+    "span_loss",
+    "task_loss",
+]
 
 Split = Literal["train", "dev", "test"]
+
+
+class QAConfig(StrictModel):
+    """Extractive QA: the source columns, the context windows, and how answer spans are chosen."""
+
+    question_column: str = Field("question", description="column holding the question")
+    context_column: str = Field("context", description="column holding the context (the answer is in it)")
+    answers_column: str = Field(
+        "answers", description="column of SQuAD-style answers {text: [...], answer_start: [...]}"
+    )
+    answer_text_column: str = Field("answer_text", description="flat files: column of the answer text")
+    answer_start_column: str = Field(
+        "answer_start", description="flat files: column of the answer's character offset in the context"
+    )
+    doc_stride: int | None = Field(
+        None,
+        ge=1,
+        description="tokens shared by consecutive windows of a long context (default: 1/3 of them)",
+    )
+    max_answer_length: int = Field(30, ge=1, description="longest predicted answer, in tokens")
+    n_best: int = Field(20, ge=1, description="start and end candidates per window when choosing a span")
+
+    def columns(self) -> QAColumns:
+        """The source columns."""
+        return QAColumns(
+            self.question_column,
+            self.context_column,
+            self.answers_column,
+            self.answer_text_column,
+            self.answer_start_column,
+        )
+
+
+def head_for(task: TaskData) -> Head:
+    """The model head a task trains: a span (start/end) head for QA, else a sequence classifier."""
+    return "qa" if task.kind == "qa" else "classification"
 
 
 class TaskSpec(StrictModel):
@@ -36,7 +85,15 @@ class TaskSpec(StrictModel):
     text_column: str = Field("text", description="column holding the (first) text")
     text_pair_column: str | None = Field(None, description="column holding the second text of a pair task")
     label_column: str = Field("label", description="column holding the label")
-    max_seq_length: int = Field(128, ge=8, le=512, description="tokens per example (longer are truncated)")
+    max_seq_length: int = Field(
+        128, ge=8, le=512, description="tokens per example (longer are truncated; QA: per window)"
+    )
+    task_type: TaskType = Field(
+        "auto", description="classification, regression or qa; auto infers it from the data"
+    )
+    qa: QAConfig | None = Field(None, description="extractive QA columns and windows (omit for defaults)")
+
+    recorded_if_set: ClassVar[tuple[str, ...]] = ("task_type", "qa")
 
     def load(self, seed: int, max_train_examples: int | None = None) -> TaskData:
         """The task this spec names, split with `seed` (train optionally subsampled)."""
@@ -47,7 +104,19 @@ class TaskSpec(StrictModel):
             label_column=self.label_column,
             seed=seed,
             max_train_examples=max_train_examples,
+            task_type=self.task_type,
+            qa_columns=(self.qa or QAConfig()).columns(),
         )
+
+    def features(self, task: TaskData, tokenizer: Any) -> dict[str, datasets.Dataset]:
+        """Model inputs of every split: one example per row, or a QA example's context windows."""
+        if task.kind != "qa":
+            return tokenize_task(task, tokenizer, self.max_seq_length)
+        stride = (self.qa or QAConfig()).doc_stride or self.max_seq_length // 3
+        return {
+            name: qa_features(split, tokenizer, self.max_seq_length, stride)
+            for name, split in task.splits().items()
+        }
 
 
 class EvaluateConfig(TaskSpec):
@@ -61,15 +130,39 @@ class EvaluateConfig(TaskSpec):
 
 
 def evaluate_splits(
-    trainer: Trainer, splits: Mapping[str, datasets.Dataset], task: TaskData, names: Iterable[str]
+    trainer: Trainer,
+    splits: Mapping[str, datasets.Dataset],
+    task: TaskData,
+    names: Iterable[str],
+    qa: QAConfig | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Predict each split with `trainer` and score it with the task's metric."""
+    """Predict each split with `trainer` and score it with the task's metric (`qa`: span choice)."""
     out = {}
     for name in names:
         prediction = trainer.predict(splits[name], metric_key_prefix=name)
+        if task.kind == "qa":
+            out[name] = _score_spans(prediction, splits[name], task.splits()[name], qa or QAConfig())
+            continue
         logits, labels = np.asarray(prediction.predictions), np.asarray(prediction.label_ids)
         out[name] = {**compute_metrics(task.metric, logits, labels), "loss": task_loss(logits, labels)}
     return out
+
+
+def _score_spans(
+    prediction: Any, windows: datasets.Dataset, examples: datasets.Dataset, qa: QAConfig
+) -> dict[str, float]:
+    """Exact match and F1 of the best span per question, and the windows' span loss."""
+    start, end = (np.asarray(p) for p in prediction.predictions)  # (windows, T) each
+    texts = best_answers(start, end, windows, examples["context"], qa.n_best, qa.max_answer_length)
+    first, last = (np.asarray(p) for p in prediction.label_ids)
+    return {**squad_scores(texts, examples["answer_text"]), "loss": span_loss(start, end, first, last)}
+
+
+def span_loss(start: np.ndarray, end: np.ndarray, first: np.ndarray, last: np.ndarray) -> float:
+    """Mean over windows of the start and end cross-entropies, halved (as BERT's QA head's own loss)."""
+    ce_start = F.cross_entropy(torch.from_numpy(start).float(), torch.from_numpy(first).long())
+    ce_end = F.cross_entropy(torch.from_numpy(end).float(), torch.from_numpy(last).long())
+    return float((ce_start + ce_end) / 2)
 
 
 def task_loss(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -87,20 +180,24 @@ def task_loss(logits: np.ndarray, labels: np.ndarray) -> float:
 def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     """Score a fine-tuned model; returns (and, with `output`, writes) the results JSON."""
     task = cfg.load(cfg.seed)
-    loaded = load_model(cfg.model, head="classification", num_labels=task.num_labels)
+    head = head_for(task)
+    loaded = load_model(
+        cfg.model, head=head, num_labels=task.num_labels if head == "classification" else None
+    )
     if loaded.new_head:
+        what = "question-answering" if head == "qa" else "classification"
         raise PrunebertError(
-            f"model {cfg.model!r} has no trained classification head; fine-tune it first "
+            f"model {cfg.model!r} has no trained {what} head; fine-tune it first "
             "(prunebert finetune) or pass a fine-tuned model directory"
         )
-    splits = tokenize_task(task, loaded.tokenizer, cfg.max_seq_length)
+    splits = cfg.features(task, loaded.tokenizer)
     args = training_arguments(TrainConfig(batch_size=cfg.batch_size), Path("/tmp/prunebert-eval"), cfg.seed)
     trainer = Trainer(model=loaded.model, args=args, data_collator=DataCollatorWithPadding(loaded.tokenizer))
     results = {
         "stage": "evaluate",
         "recipe": cfg.model_dump(mode="json"),
-        "task": {"name": task.name, "metric": task.metric, "num_labels": task.num_labels},
-        "metrics": evaluate_splits(trainer, splits, task, cfg.splits),
+        "task": {"name": task.name, "kind": task.kind, "metric": task.metric, "num_labels": task.num_labels},
+        "metrics": evaluate_splits(trainer, splits, task, cfg.splits, cfg.qa),
         "environment": environment(),
     }
     if cfg.output is not None and is_main_process():

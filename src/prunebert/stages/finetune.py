@@ -1,7 +1,9 @@
 """`finetune`: task training with a transferred mask kept fixed, or with pruning during fine-tuning.
 
-With `distill`, a fine-tuned teacher adds a distillation loss term; with `pruning` as well this is
-knowledge-aware sparse pruning (Xu et al. 2021). `teacher: auto` first fine-tunes a dense teacher.
+Classification, regression and extractive QA alike. With `distill`, a fine-tuned teacher adds a
+distillation loss term; with `pruning` as well this is knowledge-aware sparse pruning (Xu et al. 2021).
+`teacher: auto` first fine-tunes a dense teacher. With `fixed_attention`, chosen heads attend by fixed
+position-based patterns (Raganato et al. 2020) while the rest of the model fine-tunes.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import yaml
@@ -19,9 +21,10 @@ from transformers import DataCollatorWithPadding, PreTrainedModel, Trainer, Trai
 from prunebert.callback import PruningCallback
 from prunebert.checkpoints import resume_callbacks
 from prunebert.config import PruningConfig
-from prunebert.data import tokenize_task
+from prunebert.data import TaskData
 from prunebert.distill import DistillationTrainer, DistillConfig, Distiller
 from prunebert.errors import PrunebertError
+from prunebert.fixed_attention import FixedAttentionConfig, assignment_of, fix_heads
 from prunebert.models import load_model, transfer_pruner
 from prunebert.stages.common import (
     RECIPE_FILE,
@@ -31,11 +34,12 @@ from prunebert.stages.common import (
     sparsity_report,
     training_arguments,
 )
-from prunebert.stages.evaluate import TaskSpec, evaluate_splits
+from prunebert.stages.evaluate import TaskSpec, evaluate_splits, head_for
 
 __all__ = ["FinetuneConfig", "auto_teacher", "check_teacher", "load_teacher", "run_finetune"]
 
 _FIX = "pass a fine-tuned model dir or prunebert run dir, or --distill.teacher auto"
+_TRAINED_HEADS = ("ForSequenceClassification", "ForQuestionAnswering")
 
 
 class FinetuneConfig(TaskSpec):
@@ -50,6 +54,11 @@ class FinetuneConfig(TaskSpec):
         None, description="omit to keep the checkpoint's masks fixed (transfer) or to train dense"
     )
     distill: DistillConfig | None = Field(None, description="omit to train on the task loss alone")
+    fixed_attention: FixedAttentionConfig | None = Field(
+        None, description="give chosen heads fixed position-based attention patterns (Raganato et al. 2020)"
+    )
+
+    recorded_if_set: ClassVar[tuple[str, ...]] = (*TaskSpec.recorded_if_set, "fixed_attention")
 
 
 def check_teacher(spec: str) -> None:
@@ -64,32 +73,42 @@ def check_teacher(spec: str) -> None:
     if config is None:
         raise PrunebertError(f"teacher {spec} has no model; {_FIX}")
     architectures = json.loads(config.read_text()).get("architectures") or []
-    if not any(a.endswith("ForSequenceClassification") for a in architectures):
-        raise PrunebertError(f"teacher {spec} has no trained classification head; {_FIX}")
+    if not any(a.endswith(_TRAINED_HEADS) for a in architectures):
+        raise PrunebertError(
+            f"teacher {spec} has no trained classification head (nor a question-answering one); {_FIX}"
+        )
 
 
-def load_teacher(spec: str, num_labels: int) -> tuple[PreTrainedModel, str]:
-    """A fine-tuned classifier with the task's labels, and the model directory it was read from."""
+def load_teacher(spec: str, task: TaskData) -> tuple[PreTrainedModel, str]:
+    """A model fine-tuned for the task's kind (and labels), and the model directory it was read from."""
     check_teacher(spec)
+    head = head_for(task)
+    what = "question-answering" if head == "qa" else "classification"
     try:
-        loaded = load_model(spec, head="classification")
+        loaded = load_model(spec, head=head)
     except PrunebertError as exc:  # keep its first clause (what is wrong), give the teacher's fix
         raise PrunebertError(f"teacher: {str(exc).split(';')[0]}; {_FIX}") from None
     if loaded.new_head:
-        raise PrunebertError(f"teacher {spec} has no trained classification head; {_FIX}")
-    if loaded.model.config.num_labels != num_labels:
-        labels = loaded.model.config.num_labels
-        raise PrunebertError(f"teacher {spec} has {labels} labels but the task has {num_labels}; {_FIX}")
+        raise PrunebertError(f"teacher {spec} has no trained {what} head; {_FIX}")
+    labels = loaded.model.config.num_labels
+    if head == "classification" and labels != task.num_labels:
+        raise PrunebertError(f"teacher {spec} has {labels} labels but the task has {task.num_labels}; {_FIX}")
     return loaded.model, loaded.path
 
 
 def auto_teacher(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]:
     """Fine-tune `cfg` without pruning or distillation into OUTPUT_DIR/teacher (reused once finished).
 
-    A checkpoint's transferred masks stay fixed in the teacher too, as in any `finetune` without `pruning`.
+    A checkpoint's transferred masks stay fixed in the teacher too, as in any `finetune` without `pruning`;
+    the teacher gets no `fixed_attention` of its own.
     """
     teacher_cfg = cfg.model_copy(
-        update={"output_dir": cfg.output_dir / "teacher", "pruning": None, "distill": None}
+        update={
+            "output_dir": cfg.output_dir / "teacher",
+            "pruning": None,
+            "distill": None,
+            "fixed_attention": None,
+        }
     )
     run = RunDir(teacher_cfg.output_dir)
     saved = run.root / RECIPE_FILE
@@ -102,7 +121,7 @@ def auto_teacher(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]
 
 
 def _distiller(
-    cfg: FinetuneConfig, distill: DistillConfig, num_labels: int, overwrite: bool
+    cfg: FinetuneConfig, distill: DistillConfig, task: TaskData, overwrite: bool
 ) -> tuple[Distiller, dict[str, Any]]:
     """The run's Distiller (fine-tuning an `auto` teacher first) and what results.json records of it."""
     record: dict[str, Any] = distill.model_dump(mode="json")
@@ -111,7 +130,7 @@ def _distiller(
         teacher_results = auto_teacher(cfg, overwrite)
         spec = teacher_results["model_dir"]
         record["teacher_metrics"] = teacher_results["metrics"]
-    teacher, path = load_teacher(spec, num_labels)
+    teacher, path = load_teacher(spec, task)
     return Distiller(teacher, distill), {**record, "teacher": path}
 
 
@@ -122,18 +141,21 @@ def run_finetune(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]
     run = RunDir(cfg.output_dir)
     resume = run.prepare(cfg.model_dump(mode="json"), overwrite)
     task = cfg.load(cfg.seed, cfg.max_train_examples)
-    set_seed(cfg.seed)  # the new classification head's initialisation
-    loaded = load_model(cfg.model, head="classification", num_labels=task.num_labels)
+    set_seed(cfg.seed)  # the new task head's initialisation
+    head = head_for(task)
+    loaded = load_model(
+        cfg.model, head=head, num_labels=task.num_labels if head == "classification" else None
+    )
     model, tokenizer = loaded.model, loaded.tokenizer
     if task.label_names is not None:
         model.config.id2label = dict(enumerate(task.label_names))
         model.config.label2id = {name: i for i, name in enumerate(task.label_names)}
-    splits = tokenize_task(task, tokenizer, cfg.max_seq_length)
+    if cfg.fixed_attention is not None:
+        fix_heads(model, cfg.fixed_attention)
+    splits = cfg.features(task, tokenizer)
     pruner = transfer_pruner(model, loaded.path, cfg.pruning)
     run.create()  # the inputs are good: from here on the run directory is written
-    distiller, distill = (
-        _distiller(cfg, cfg.distill, task.num_labels, overwrite) if cfg.distill else (None, None)
-    )
+    distiller, distill = _distiller(cfg, cfg.distill, task, overwrite) if cfg.distill else (None, None)
     callbacks: list[TrainerCallback] = [PruningCallback(pruner)] if pruner is not None else []
     callbacks += resume_callbacks(cfg.train.save_total_limit)  # last: after masks are written
     trainer_kwargs: dict[str, Any] = {
@@ -152,13 +174,14 @@ def run_finetune(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]
     start = time.time()
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     runtime = time.time() - start
-    metrics = evaluate_splits(trainer, splits, task, ("dev", "test"))
+    metrics = evaluate_splits(trainer, splits, task, ("dev", "test"), cfg.qa)
     run.save_model(model, tokenizer, pruner)
     results = {
         "stage": "finetune",
         "recipe": cfg.model_dump(mode="json"),
         "task": {
             "name": task.name,
+            "kind": task.kind,
             "metric": task.metric,
             "num_labels": task.num_labels,
             "sizes": {k: len(v) for k, v in splits.items()},
@@ -167,6 +190,7 @@ def run_finetune(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]
         "sparsity": sparsity_report(pruner),
         "transferred_mask": pruner is not None and cfg.pruning is None,
         "distill": distill,
+        "fixed_attention": assignment_of(model),
         "train": {
             "steps": trainer.state.global_step,
             "runtime_s": runtime,
