@@ -7,6 +7,11 @@ CPU training step. A forward pre-hook on the head's first module hands it the ma
 `[N, H]` instead of `[B, T, H]`; the loss is the same mean cross-entropy over masked tokens as the model's
 own (golden-tested against it). Evaluation keeps the full forward: its metrics read logits per position.
 Architectures missing from `HEAD_ENTRY` simply use the full forward.
+
+With next-sentence prediction (`BertForPreTraining`, batches carrying `next_sentence_label`) the same
+head entry also receives the pooled output, untouched, and the training loss is the model's own
+`MLM + NSP` sum. Its evaluation loss is the MLM term alone, so it compares with MLM-only runs; NSP is
+scored from the returned `seq_relationship_logits`.
 """
 
 from __future__ import annotations
@@ -47,11 +52,15 @@ class MaskedPositionsTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        nsp = "next_sentence_label" in inputs and "labels" in inputs
+        if nsp and (return_outputs or not model.training):  # evaluation: the MLM term alone
+            return _mlm_loss_only(model, inputs, return_outputs)
         head = head_entry(self.accelerator.unwrap_model(model))
         if head is None or return_outputs or not model.training or "labels" not in inputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         inputs = dict(inputs)
         labels = inputs.pop("labels")
+        nsp_labels = inputs.pop("next_sentence_label", None)
         keep = labels != -100
 
         def only_masked(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -59,9 +68,26 @@ class MaskedPositionsTrainer(Trainer):
 
         handle = head.register_forward_pre_hook(only_masked)
         try:
-            logits: torch.Tensor = model(**inputs).logits  # [N, vocab]
+            outputs = model(**inputs)
         finally:
             handle.remove()
-        if logits.shape[0] == 0:  # no masked token in this batch: a zero loss that keeps the graph
-            return logits.sum() * 0.0
-        return F.cross_entropy(logits.float(), labels[keep])
+        logits: torch.Tensor = outputs[0]  # [N, vocab]: `logits`, or `prediction_logits` with NSP
+        # no masked token in this batch: a zero loss that keeps the graph
+        empty = logits.shape[0] == 0
+        loss = logits.sum() * 0.0 if empty else F.cross_entropy(logits.float(), labels[keep])
+        if nsp_labels is not None:
+            loss = loss + F.cross_entropy(outputs.seq_relationship_logits.float(), nsp_labels.view(-1))
+        return loss
+
+
+def _mlm_loss_only(
+    model: nn.Module, inputs: dict[str, Any], return_outputs: bool
+) -> torch.Tensor | tuple[torch.Tensor, Any]:
+    """Full forward of an MLM + NSP model; the loss is the MLM term (mean over masked tokens) alone."""
+    inputs = dict(inputs)
+    labels = inputs.pop("labels")
+    inputs.pop("next_sentence_label")
+    outputs = model(**inputs)  # prediction_logits [B, T, vocab], seq_relationship_logits [B, 2]
+    logits = outputs.prediction_logits
+    loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.view(-1))
+    return (loss, outputs) if return_outputs else loss

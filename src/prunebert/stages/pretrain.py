@@ -3,17 +3,21 @@
 A checkpoint without an MLM head (all-MiniLM-L6-v2 is a sentence encoder) first gets its new head
 warmed up with the encoder frozen, so the pruning run starts from a sensible MLM loss instead of
 spending its first steps fitting a random head.
+
+A checkpoint with a next-sentence-prediction head (original BERT, `BertForPreTraining`) trains MLM + NSP
+on sentence pairs, as Gordon et al. 2020 and Guo et al. 2019 pre-trained (`nsp: auto`, the default; `on`
+requires the head, `off` trains MLM alone on blocks), and reports NSP accuracy.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from transformers import (
     EvalPrediction,
     PreTrainedModel,
@@ -25,7 +29,9 @@ from prunebert.callback import PruningCallback
 from prunebert.checkpoints import resume_callbacks
 from prunebert.config import PruningConfig, StrictModel
 from prunebert.data import SeededMLMCollator, build_mlm_datasets, load_text
-from prunebert.models import load_model, transfer_pruner
+from prunebert.data.nsp import build_nsp_datasets
+from prunebert.errors import PrunebertError
+from prunebert.models import has_nsp_head, load_model, transfer_pruner
 from prunebert.stages.common import (
     RunDir,
     TrainConfig,
@@ -35,7 +41,7 @@ from prunebert.stages.common import (
 )
 from prunebert.stages.mlm import MaskedPositionsTrainer
 
-__all__ = ["PretrainConfig", "run_pretrain", "warm_up_head"]
+__all__ = ["PretrainConfig", "masked_token_accuracy", "resolve_nsp", "run_pretrain", "warm_up_head"]
 
 
 class PretrainConfig(StrictModel):
@@ -56,32 +62,74 @@ class PretrainConfig(StrictModel):
     head_warmup_lr: float = Field(1e-3, gt=0, description="learning rate of the head warm-up")
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(max_steps=200))
     pruning: PruningConfig | None = Field(None, description="omit for a dense run")
+    nsp: Literal["auto", "on", "off"] = Field(
+        "auto", description="next-sentence prediction beside MLM; auto: iff the checkpoint has an NSP head"
+    )
+
+    recorded_if_set: ClassVar[tuple[str, ...]] = ("nsp",)
+
+    @field_validator("nsp", mode="before")
+    @classmethod
+    def _yaml_switch(cls, value: Any) -> Any:
+        """YAML reads an unquoted `on` / `off` as true / false."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
-def _argmax(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Keep only predicted ids: full MLM logits over the vocabulary would not fit in memory."""
+def resolve_nsp(setting: str, spec: str) -> tuple[bool, str]:
+    """Whether to train NSP, and a note saying why (or why not)."""
+    if setting == "off":
+        return False, "off: MLM only"
+    if has_nsp_head(spec):
+        return True, "MLM + NSP on sentence pairs (the checkpoint has a next-sentence-prediction head)"
+    if setting == "on":
+        raise PrunebertError(
+            f"model {spec!r} has no next-sentence-prediction head (only original BERT checkpoints, "
+            "BertForPreTraining, have one); pass --nsp auto or --nsp off"
+        )
+    return False, "skipped: the checkpoint has no next-sentence-prediction head (MLM only)"
+
+
+def _argmax(logits: Any, labels: Any) -> Any:
+    """Keep only predicted ids: full MLM logits over the vocabulary would not fit in memory.
+
+    With NSP the logits are (prediction_logits, seq_relationship_logits); the NSP ones are kept whole.
+    """
+    if isinstance(logits, tuple):
+        return logits[0].argmax(dim=-1), logits[1]
     return logits.argmax(dim=-1)
 
 
 def masked_token_accuracy(prediction: EvalPrediction) -> dict[str, float]:
-    """Accuracy over the masked positions (labels != -100)."""
-    preds, labels = np.asarray(prediction.predictions), np.asarray(prediction.label_ids)
-    masked = labels != -100
-    return {"mlm_accuracy": float((preds[masked] == labels[masked]).mean()) if masked.any() else 0.0}
+    """Accuracy over the masked positions (labels != -100); with NSP also its accuracy and loss."""
+    preds: Any = prediction.predictions
+    labels: Any = prediction.label_ids
+    nsp = isinstance(preds, tuple)
+    mlm_preds, mlm_labels = (preds[0], labels[0]) if nsp else (preds, labels)
+    mlm_preds, mlm_labels = np.asarray(mlm_preds), np.asarray(mlm_labels)
+    masked = mlm_labels != -100
+    hits = mlm_preds[masked] == mlm_labels[masked]
+    out = {"mlm_accuracy": float(hits.mean()) if masked.any() else 0.0}
+    if nsp:
+        logits, gold = torch.from_numpy(np.asarray(preds[1])).float(), torch.from_numpy(np.asarray(labels[1]))
+        out["nsp_accuracy"] = float((logits.argmax(-1) == gold).float().mean())
+        out["nsp_loss"] = float(torch.nn.functional.cross_entropy(logits, gold.long()))
+    return out
 
 
 def evaluate_mlm(trainer: Trainer, eval_set: Any) -> dict[str, float]:
-    """MLM loss, perplexity and masked-token accuracy on the fixed, pre-masked held-out set."""
+    """MLM loss, perplexity and masked-token accuracy on the fixed, pre-masked held-out set (+ NSP)."""
     train_collator, trainer.data_collator = trainer.data_collator, default_data_collator  # pre-masked
     try:
         metrics = trainer.evaluate(eval_set, metric_key_prefix="eval")
     finally:
         trainer.data_collator = train_collator
     loss = float(metrics["eval_loss"])
+    nsp = {k: float(metrics[f"eval_{k}"]) for k in ("nsp_accuracy", "nsp_loss") if f"eval_{k}" in metrics}
     return {
         "mlm_loss": loss,
         "mlm_perplexity": float(np.exp(min(loss, 50.0))),
         "mlm_accuracy": float(metrics["eval_mlm_accuracy"]),
+        **nsp,
     }
 
 
@@ -131,9 +179,11 @@ def run_pretrain(cfg: PretrainConfig, overwrite: bool = False) -> dict[str, Any]
     """Run the stage; returns (and writes) the results JSON."""
     run = RunDir(cfg.output_dir)
     resume = run.prepare(cfg.model_dump(mode="json"), overwrite)
-    loaded = load_model(cfg.model, head="mlm")
+    nsp, nsp_note = resolve_nsp(cfg.nsp, cfg.model)
+    loaded = load_model(cfg.model, head="pretraining" if nsp else "mlm")
     model, tokenizer = loaded.model, loaded.tokenizer
-    train_set, eval_set = build_mlm_datasets(
+    build = build_nsp_datasets if nsp else build_mlm_datasets
+    train_set, eval_set = build(
         load_text(cfg.text), tokenizer, cfg.block_size, cfg.eval_fraction, cfg.seed, cfg.max_train_blocks
     )
     if cfg.max_eval_blocks is not None and len(eval_set) > cfg.max_eval_blocks:
@@ -164,6 +214,7 @@ def run_pretrain(cfg: PretrainConfig, overwrite: bool = False) -> dict[str, Any]
         "metrics_before": first["metrics_before"],
         "head_warmup": first["head_warmup"],
         "sparsity": sparsity_report(pruner),
+        "nsp": {"setting": cfg.nsp, "used": nsp, "note": nsp_note},
         "train": {
             "steps": trainer.state.global_step,
             "runtime_s": runtime,
