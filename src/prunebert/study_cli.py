@@ -33,6 +33,9 @@ def add_study_parsers(sub: Any) -> None:
     report.add_argument(
         "--neighbours", type=int, default=5, help="neighbours shown per seed word (default 5)"
     )
+    report.add_argument(
+        "--bench", help="a `prunebert bench --json-out` file: inference speeds for the comparison table"
+    )
 
 
 def run_study_command(args: argparse.Namespace) -> None:
@@ -57,7 +60,9 @@ def run_study_command(args: argparse.Namespace) -> None:
     if args.words:
         options.words = list(args.words)
     options.neighbours = args.neighbours
+    options.bench = Path(args.bench) if args.bench else None
     out = Path(args.output) if args.output else Path(args.results_dir) / "report"
     for section in build_report(Path(args.results_dir), out, options):
-        print(f"{section.name:<24} " + (str(section.png) if section.png else f"skipped: {section.note}"))
+        where = section.png or (out / "comparison.csv" if section.table else None)
+        print(f"{section.name:<24} " + (str(where) if where else f"skipped: {section.note}"))
     print(f"\nreport: {out / PAGE}")

@@ -2,7 +2,8 @@
 
 Reads only the study's `results.json` and the mask files and models its rows point to. Each figure
 family is one module (`curves`, `sparsity`, `embeddings`, `overlap`); a figure whose inputs are missing
-is left out with a note on the page, never an error.
+is left out with a note on the page, never an error. The comparison table (`table`) is a section without
+a figure, also written as `comparison.csv`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from prunebert.report.embeddings import embedding_map
 from prunebert.report.html import render_html
 from prunebert.report.overlap import mask_overlap
 from prunebert.report.sparsity import module_sparsity, qk_patterns
+from prunebert.report.table import comparison_table
 
 __all__ = ["PAGE", "ReportOptions", "build_report"]
 
@@ -26,6 +28,7 @@ Figure = Callable[[StudyResults, ReportOptions, Path], Section]
 
 #: (file stem, title, figure) of every figure of the report, in page order
 FIGURES: list[tuple[str, str, Figure]] = [
+    ("comparison", "Comparison with the dense model", lambda r, o, p: comparison_table(r, o.bench, p)),
     ("metric_vs_sparsity", "Downstream metric vs sparsity", lambda r, o, p: metric_vs_sparsity(r, p)),
     ("mlm_vs_sparsity", "MLM loss and accuracy vs sparsity", lambda r, o, p: mlm_vs_sparsity(r, p)),
     ("train_loss_vs_sparsity", "Training loss vs sparsity", lambda r, o, p: train_loss_vs_sparsity(r, p)),

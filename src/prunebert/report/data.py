@@ -63,6 +63,7 @@ class ReportOptions:
     layers: list[int] | None = None
     words: list[str] = field(default_factory=lambda: list(DEFAULT_WORDS))
     neighbours: int = 5
+    bench: Path | None = None  # a `prunebert bench --json-out` file: speeds for the comparison table
 
 
 @dataclass

@@ -87,6 +87,9 @@ def _settings(res: StudyResults) -> str:
 
 def _section(section: Section, page_dir: Path) -> str:
     title = f"<h2>{html.escape(section.title)}</h2>"
+    if section.png is None and section.table:  # a table without a figure
+        rows = [[html.escape(c) for c in r] for r in section.table]
+        return f"{title}<p class=caption>{html.escape(section.caption)}</p>{_table(rows, left=3)}"
     if section.png is None:
         return f"{title}<p class=note>Not drawn: {html.escape(section.note)}</p>"
     data = base64.b64encode(section.png.read_bytes()).decode("ascii")
