@@ -3,7 +3,9 @@ finetune -> evaluate path with pruning and distillation on a tiny model."""
 
 from __future__ import annotations
 
+import csv
 import json
+import random
 import re
 from pathlib import Path
 
@@ -20,8 +22,9 @@ from prunebert.data.qa_features import best_answers, qa_features, window_labels
 from prunebert.distill import soft_label_loss, span_soft_loss
 from prunebert.errors import PrunebertError
 from prunebert.metrics import normalize_answer, squad_f1, squad_scores
-from taskdata import qa_rows, write_qa, write_qa_csv
-from tiny import tiny_mlm
+from taskdata import qa_rows, similarity_rows, write_qa, write_qa_csv, write_similarity
+from tiny import sentences, tiny_mlm
+from tinystudy import chdir
 
 FAST = ["--train.batch_size", "8", "--train.logging_steps", "2", "--train.save_steps", "100"]
 
@@ -304,3 +307,53 @@ def test_span_soft_loss_ignores_padding_and_averages_start_and_end() -> None:
     assert span_soft_loss((t_start, t_end), (t_start, t_end), mask, 2.0).item() == pytest.approx(
         0.0, abs=1e-6
     )
+
+
+STUDY = """
+model: tiny-mlm
+text: text.txt
+output_dir: study
+tasks:
+  - {task: qa.jsonl, name: qa, max_seq_length: 24, qa: {doc_stride: 6}}
+  - {task: sts.csv, name: sts, text_column: sentence1, text_pair_column: sentence2, label_column: score,
+     max_seq_length: 16}
+stages: [pretrain, finetune]
+sparsities: [0.0, 0.5]
+methods:
+  - magnitude
+  - {name: magnitude+kd, method: magnitude, distill: {alpha_soft: 0.5}, stages: [finetune]}
+pretrain:
+  block_size: 16
+  head_warmup_steps: 0
+  max_eval_blocks: 8
+  train: {max_steps: 4, batch_size: 4, save_steps: 100}
+  pruning: {frequency: 2, end_fraction: 0.5}
+finetune:
+  train: {max_steps: 4, batch_size: 8, logging_steps: 2, save_steps: 100}
+  pruning: {frequency: 2, end_fraction: 0.5}
+"""
+
+
+def test_qa_and_regression_tasks_in_a_study_and_its_report(workspace: Path) -> None:
+    rng = random.Random(0)
+    (workspace / "text.txt").write_text("\n\n".join(s for s, _ in sentences(rng, 200)))
+    write_similarity(workspace / "sts.csv", similarity_rows(120))
+    (workspace / "study.yaml").write_text(STUDY)
+    with chdir(workspace):
+        assert main(["study", "study.yaml"]) == 0
+        assert main(["report", "study"]) == 0
+    table = json.loads((workspace / "study" / "results.json").read_text())
+    assert table["complete"] and table["runs_total"] == 12
+    cells = {(c["task"], c["stage"], c["method"]): c for c in table["cells"]}
+    assert {c["metric"] for k, c in cells.items() if k[0] == "qa"} == {"f1"}
+    assert {c["metric"] for k, c in cells.items() if k[0] == "sts"} == {"combined"}
+    for task in ("qa", "sts"):
+        transferred = cells[(task, "pretrain", "magnitude")]  # the MLM stage's mask, kept while fine-tuning
+        assert transferred["achieved_sparsity"] == pytest.approx(0.5, abs=1e-3)
+        assert cells[(task, "finetune", "magnitude+kd")]["final_train_loss"] is not None
+    assert {"dev_exact_match", "test_f1"} <= set(cells[("qa", "finetune", "dense")])
+    report = workspace / "study" / "report"
+    assert (report / "train_loss_vs_sparsity.png").is_file() and (report / "metric_vs_sparsity.png").is_file()
+    with (report / "comparison.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == len(cells) and all(r["relative_performance"] for r in rows if r["task"] == "qa")
