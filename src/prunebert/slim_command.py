@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from transformers import PretrainedConfig, PreTrainedModel
@@ -12,15 +12,22 @@ from transformers import PretrainedConfig, PreTrainedModel
 from prunebert.errors import PrunebertError
 from prunebert.io import write_json
 from prunebert.masks import MASKS_FILE, save_masks
-from prunebert.models import load_config, load_model, transfer_pruner
+from prunebert.models import Head, load_config, load_model, transfer_pruner
 from prunebert.slim import SLIM_KEY, layer_count, plan_slim, slice_masks, slim_with_changes
 
 __all__ = ["format_summary", "run_slim"]
 
 
-def _head(config: PretrainedConfig) -> Literal["mlm", "classification", "base"]:
+def _head(config: PretrainedConfig) -> Head:
+    """The head the saved model carries, so slimming keeps it."""
     name = " ".join(config.architectures or [])
-    return "classification" if "SequenceClassification" in name else "mlm" if "MaskedLM" in name else "base"
+    heads: list[tuple[str, Head]] = [
+        ("SequenceClassification", "classification"),
+        ("QuestionAnswering", "qa"),
+        ("ForPreTraining", "pretraining"),
+        ("MaskedLM", "mlm"),
+    ]
+    return next((head for marker, head in heads if marker in name), "base")
 
 
 @torch.no_grad()
