@@ -2,9 +2,11 @@
 
 Target sparsity reached (within 0.5%); pruned weights exactly zero after training; a run resumed from a
 mid-training checkpoint ends with the same masks and weights as an uninterrupted one; the baked model
-has clean keys and loads in plain transformers with the same zeros and outputs.
+has clean keys and loads in plain transformers with the same zeros and outputs (plus the transforms its
+config records: skipped layers, factorised modules; see `_load_baked`).
 """
 
+import json
 from pathlib import Path
 
 import pytest
@@ -12,8 +14,11 @@ import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerBase, Trainer
 
 from prunebert import PruningCallback, PruningConfig, available_methods
+from prunebert.layer_skip import restore_skipped_layers
+from prunebert.lowrank import LOWRANK_KEY
 from prunebert.models import save_pruned
 from prunebert.pruner import Pruner
+from prunebert.slim import load_slim
 from prunebert.structure import kept_groups
 from tiny import StopAt, tiny_classifier, tiny_dataset, tiny_training_args
 
@@ -36,10 +41,18 @@ def _sparsity_tolerance(pruner: Pruner) -> float:
 
     A structured method removes whole heads / neurons: each kind loses exactly round(SPARSITY * groups)
     of its groups (checked here), so the weight sparsity is the nearest multiple of one group's share
-    (5 of 8 heads: 0.625), within half a group of SPARSITY.
+    (5 of 8 heads: 0.625), within half a group of SPARSITY. LayerDrop removes whole layers the same way:
+    exactly round(SPARSITY * layers) of them (checked), within half a layer's share. A per-weight method
+    in layer scope rounds each target to whole entries: within half an entry of the smallest target,
+    which matters only for lowrank, whose targets are rank diagonals (32 entries here: 19 of 32 pruned).
     """
+    if pruner.method.name == "layerdrop":
+        layers = getattr(pruner.method, "num_layers")  # noqa: B009
+        emptied = {t.layer for t in pruner.targets if not pruner.masks[t.param_name].any()}
+        assert len(emptied) == round(SPARSITY * layers), f"{len(emptied)} of {layers} layers dropped"
+        return 0.5 / layers
     if not pruner.method.structured:
-        return 0.005
+        return max(0.005, 0.5 / min(m.numel() for m in pruner.masks.values()))
     totals: dict[str, list[int]] = {}
     for s in getattr(pruner.method, "sets"):  # noqa: B009
         kept = kept_groups(pruner.masks[s.output.param_name], s.group_size)
@@ -49,6 +62,22 @@ def _sparsity_tolerance(pruner: Pruner) -> float:
     for kind, (pruned, total) in totals.items():
         assert pruned == round(SPARSITY * total), f"{kind}: {pruned} of {total} pruned"
     return max(0.5 / total for _, total in totals.values())
+
+
+def _load_baked(path: Path) -> torch.nn.Module:
+    """The baked model as plain transformers loads it, plus what its config records.
+
+    Skipped layers (layerdrop) are re-applied on top of a plain load (a zeroed layer still applies its
+    biases and LayerNorms; `prunebert.models.load_model` does the same). A factorised model (lowrank)
+    cannot be built by plain transformers at all (its shapes differ from the config's): prunebert's
+    loader builds it.
+    """
+    if LOWRANK_KEY in json.loads((path / "config.json").read_text()):
+        model = load_slim(path)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    restore_skipped_layers(model)
+    return model
 
 
 @pytest.mark.parametrize("method", available_methods())
@@ -73,7 +102,7 @@ def test_method_invariants(method: str, tmp_path: Path, tiny_tokenizer: PreTrain
     with torch.no_grad():
         expected = model(input_ids=ids).logits
     save_pruned(model, tiny_tokenizer, pruner, tmp_path / "baked")
-    plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "baked").eval()
+    plain = _load_baked(tmp_path / "baked")
     assert set(plain.state_dict()) == set(model.state_dict())
     with torch.no_grad():
         assert torch.allclose(plain(input_ids=ids).logits, expected, atol=1e-6)

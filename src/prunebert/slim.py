@@ -15,8 +15,9 @@ transformers v5 dropped `prune_heads` / `config.pruned_heads`, so a slimmed mode
 ("layers" only when whole layers were dropped, which unlike heads and neurons changes the outputs; all
 numbers are the original model's; the config's own sizes stay those of the full model).
 `load_slim` (and `prunebert.models.load_model`) builds the full architecture from the config, shrinks
-each layer to that layout, then loads the smaller safetensors strictly. Plain `from_pretrained` cannot
-load it: the shapes do not match the config.
+each layer to that layout, rebuilds the factorised modules of a `prunebert_lowrank` entry
+(`prunebert.lowrank`), then loads the smaller safetensors strictly. Plain `from_pretrained` cannot load
+it: the shapes do not match the config. Heads and neurons whose projections are factorised are never cut.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
 from prunebert.errors import PrunebertError
-from prunebert.structure import GroupSet, group_sets, kept_groups
+from prunebert.layer_skip import renumber_skipped
+from prunebert.lowrank import has_lowrank, rebuild_lowrank, renumber_lowrank
+from prunebert.structure import INPUT_ROLES, OUTPUT_ROLES, GroupSet, encoder_layers, group_sets, kept_groups
 from prunebert.targets import ENCODER_ROLES, architecture_for, find_targets
 
 __all__ = [
@@ -53,6 +56,7 @@ __all__ = [
 ]
 
 SLIM_KEY = "prunebert_slim"
+_KIND = {role: kind for kind, out in OUTPUT_ROLES.items() for role in (out, *INPUT_ROLES[kind])}
 
 
 class NoHeads(nn.Module):
@@ -107,7 +111,18 @@ def _weight(model: nn.Module, name: str) -> torch.Tensor:
 
 
 def _sets(model: PreTrainedModel) -> list[GroupSet]:
-    return group_sets(find_targets(model, ENCODER_ROLES), model.config)
+    """The head / neuron sets that can be cut: those whose projections are all plain Linears."""
+    roles, blocked = architecture_for(model).roles, set()
+    for name, module in model.named_modules():
+        for role, kind in _KIND.items():
+            match = re.search(roles[role], name)
+            if match and not isinstance(module, nn.Linear):  # factorised (prunebert.lowrank)
+                blocked.add((int(match.group(1)), kind))
+    try:
+        targets = find_targets(model, ENCODER_ROLES)
+    except PrunebertError:  # every projection is a split factorisation: nothing to cut
+        return []
+    return group_sets([t for t in targets if (t.layer, _KIND[t.role]) not in blocked], model.config)
 
 
 def plan_slim(model: PreTrainedModel, drop_layers: Sequence[int] = ()) -> SlimPlan:
@@ -123,7 +138,7 @@ def plan_slim(model: PreTrainedModel, drop_layers: Sequence[int] = ()) -> SlimPl
         totals[s.key] = kept.numel()
     if not drop_layers:
         return SlimPlan(keep, totals)
-    count = len(_layer_list(model)[1])
+    count = len(encoder_layers(model)[1])
     bad = sorted(i for i in drop_layers if not 0 <= i < count)
     if bad or len(set(drop_layers)) >= count:
         raise PrunebertError(
@@ -135,18 +150,7 @@ def plan_slim(model: PreTrainedModel, drop_layers: Sequence[int] = ()) -> SlimPl
 
 def layer_count(model: nn.Module) -> int:
     """Number of encoder layers the model has now."""
-    return len(_layer_list(model)[1])
-
-
-def _layer_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """The encoder's list of layers, found through the role table (the module holding layer 0, 1, ...)."""
-    target = find_targets(model, ["ffn_out"])[0]
-    match = re.search(architecture_for(model).roles["ffn_out"], target.name)
-    assert match is not None
-    name = target.name[: match.start(1) - 1]  # e.g. `bert.encoder.layer`
-    layers = model.get_submodule(name)
-    assert isinstance(layers, nn.ModuleList)
-    return name, layers
+    return len(encoder_layers(model)[1])
 
 
 def _take_linear(module: nn.Module, index: torch.Tensor, axis: int) -> nn.Linear:
@@ -217,7 +221,7 @@ def _apply(model: PreTrainedModel, plan: SlimPlan) -> tuple[Cuts, list[str], dic
 
 def _drop_layers(model: nn.Module, kept: list[int], dropped: list[str]) -> dict[str, str]:
     """Keep only the layers `kept`; adds their keys to `dropped`, returns the renumbered keys (old -> new)."""
-    name, layers = _layer_list(model)
+    name, layers = encoder_layers(model)
     new_number = {old: new for new, old in enumerate(kept)}
     renamed = {}
     for key in model.state_dict():
@@ -243,15 +247,18 @@ def _layout_after(model: PreTrainedModel, plan: SlimPlan) -> dict[str, Any]:
     config = model.config
     old = getattr(config, SLIM_KEY, None) or {}
     sets = _sets(model)
-    current = old.get("layers") or list(range(len(_layer_list(model)[1])))  # original number of each layer
-    heads = [list(h) for h in old.get("heads", [[]] * config.num_hidden_layers)]
-    sizes = list(old.get("intermediate_sizes", [0] * config.num_hidden_layers))
+    current = old.get("layers") or list(range(layer_count(model)))  # original number of each layer
+    ffn = getattr(config, "intermediate_size", None) or config.hidden_dim  # DistilBERT: hidden_dim
+    # never slimmed: every layer is full (sets whose projections are factorised are never cut)
+    heads = [
+        list(h) for h in old.get("heads", [range(config.num_attention_heads)] * config.num_hidden_layers)
+    ]
+    sizes = list(old.get("intermediate_sizes", [ffn] * config.num_hidden_layers))
     for s in sets:
         groups = _weight(model, s.output.name).shape[1] // s.group_size
         kept, original = plan.keep.get(s.key, list(range(groups))), current[s.layer]
         if s.kind == "heads":
-            numbers = heads[original] if old else list(range(groups))
-            heads[original] = [numbers[i] for i in kept]
+            heads[original] = [heads[original][i] for i in kept]
         else:
             sizes[original] = len(kept)
     layout: dict[str, Any] = {"version": 1, "heads": heads, "intermediate_sizes": sizes}
@@ -295,9 +302,12 @@ def slim_model(model: PreTrainedModel, plan: SlimPlan | None = None) -> PreTrain
 
 def slim_with_changes(model: PreTrainedModel, plan: SlimPlan) -> tuple[Cuts, list[str], dict[str, str]]:
     """`slim_model` that also returns what changed, for `slice_masks`: cuts, dropped keys, renamed keys."""
-    layout = _layout_after(model, plan)
+    layout, layers_name = _layout_after(model, plan), encoder_layers(model)[0]
     changes = _apply(model, plan)
     setattr(model.config, SLIM_KEY, layout)
+    if plan.layers is not None:  # entries numbered by current layer follow the renumbering
+        renumber_lowrank(model, layers_name, plan.layers)
+        renumber_skipped(model.config, plan.layers)
     return changes
 
 
@@ -370,13 +380,16 @@ def load_slim_with_info(
     """`load_slim`, also returning the keys that were newly initialised (a new task head)."""
     directory = Path(path)
     config = AutoConfig.from_pretrained(directory, **config_kwargs)
-    if not is_slim(config):
+    if not is_slim(config) and not has_lowrank(config):
         raise PrunebertError(
             f"{path} is not a slimmed model (no {SLIM_KEY} in config.json); load it with from_pretrained"
         )
     cls = model_class or _saved_class(config)
     model = cls.from_config(config) if hasattr(cls, "from_config") else cls(config)
-    _apply(model, _plan_from_layout(model, getattr(config, SLIM_KEY), str(path)))
+    if is_slim(config):
+        _apply(model, _plan_from_layout(model, getattr(config, SLIM_KEY), str(path)))
+    if has_lowrank(config):  # after the cuts: module names carry the current layer numbers
+        rebuild_lowrank(model, str(path))
     missing = _load_weights(model, directory)
     return model.eval(), missing
 
@@ -384,6 +397,7 @@ def load_slim_with_info(
 def load_slim(path: str | Path, model_class: Any = None, **config_kwargs: Any) -> PreTrainedModel:
     """Load a slimmed model: the full architecture from its config, cut to the saved layout, weights loaded.
 
+    Also loads a model with factorised modules only (a `prunebert_lowrank` entry, no `prunebert_slim`).
     `model_class` defaults to the saved class (e.g. BertForSequenceClassification); pass `AutoModel`
     for the bare encoder. `config_kwargs` go to `AutoConfig.from_pretrained` (e.g. `num_labels`).
     """

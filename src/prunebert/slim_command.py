@@ -1,4 +1,5 @@
-"""`prunebert slim`: load a pruned model, remove zeroed heads / neurons (and chosen layers), check, save."""
+"""`prunebert slim`: load a pruned model, remove zeroed heads / neurons, skipped and chosen layers and pruned
+rank components, check, save."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from prunebert.errors import PrunebertError
 from prunebert.io import write_json
+from prunebert.layer_skip import skipped_layers
+from prunebert.lowrank import LOWRANK_KEY, factorized_names, slim_lowrank
 from prunebert.masks import MASKS_FILE, save_masks
 from prunebert.models import Head, load_config, load_model, transfer_pruner
 from prunebert.slim import SLIM_KEY, layer_count, plan_slim, slice_masks, slim_with_changes
@@ -44,25 +47,35 @@ def _outputs(model: PreTrainedModel) -> torch.Tensor:
 def run_slim(
     source: str, output: Path, overwrite: bool = False, drop_layers: Sequence[int] = ()
 ) -> dict[str, Any]:
-    """Slim `source` into `output` (model, tokenizer, cut masks, slim.json); returns the summary."""
+    """Slim `source` into `output` (model, tokenizer, cut masks, slim.json); returns the summary.
+
+    Layers a LayerDrop run skips are dropped with those in `drop_layers`; factorised modules (lowrank)
+    become two smaller Linears or one dense Linear (`prunebert.lowrank.slim_lowrank`).
+    """
     if (output / "config.json").exists() and not overwrite:
         raise PrunebertError(f"{output} already holds a model; pass --overwrite or choose another OUT")
     loaded = load_model(source, head=_head(load_config(source)))
     model = loaded.model.eval()
     pruner = transfer_pruner(model, loaded.path, None)
-    plan = plan_slim(model, drop_layers)
-    if plan.removed() == 0 and not drop_layers:
+    skipped = skipped_layers(model.config)  # removing a skipped layer changes nothing
+    plan = plan_slim(model, sorted({*drop_layers, *skipped}))
+    factorized = [name + ".weight" for name in factorized_names(model)]  # their masks go with them
+    if plan.removed() == 0 and not drop_layers and not skipped and not factorized:
         raise PrunebertError(
             f"{source} has no attention head or FFN neuron whose output weights are all zero, so nothing can "
-            "be removed; prune it with --pruning.method heads, neurons or structured first"
+            "be removed; prune it with --pruning.method heads, neurons or structured first (or layerdrop, "
+            "lowrank)"
         )
     before, reference = sum(p.numel() for p in model.parameters()), _outputs(model)
-    cuts, dropped, renamed = slim_with_changes(model, plan)
+    nothing: tuple[Any, list[str], dict[str, str]] = ({}, [], {})  # only factorised modules to slim
+    removes = plan.removed() or plan.layers is not None
+    cuts, dropped, renamed = slim_with_changes(model, plan) if removes else nothing
+    lowrank = slim_lowrank(model) if factorized else None
     diff = (_outputs(model) - reference).abs().max().item()
     model.save_pretrained(output, safe_serialization=True)
     loaded.tokenizer.save_pretrained(output)
-    if pruner is not None:  # the remaining (unstructured) zeros stay fixed if the model is trained further
-        masks = slice_masks(pruner.masks, cuts, dropped, renamed)
+    masks = {} if pruner is None else slice_masks(pruner.masks, cuts, dropped + factorized, renamed)
+    if pruner is not None and masks:  # the remaining (unstructured) zeros stay fixed in further training
         kept = sum(int(m.sum()) for m in masks.values())
         roles = {renamed.get(t.param_name, t.param_name): t.role for t in pruner.targets}
         roles = {name: role for name, role in roles.items() if name in masks}
@@ -76,8 +89,11 @@ def run_slim(
         "heads_kept": list(plan.count("heads")),
         "neurons_kept": list(plan.count("neurons")),
         "layers_kept": [layer_count(model), model.config.num_hidden_layers],
+        "layers_skipped_before": skipped,
+        "lowrank": lowrank,
         "max_abs_diff": diff,
-        SLIM_KEY: getattr(model.config, SLIM_KEY),
+        SLIM_KEY: getattr(model.config, SLIM_KEY, None),
+        LOWRANK_KEY: getattr(model.config, LOWRANK_KEY, None),
     }
     write_json(output / "slim.json", summary)
     return summary
@@ -87,12 +103,23 @@ def format_summary(summary: dict[str, Any]) -> str:
     """A few readable lines for the terminal."""
     before, after = summary["parameters_before"], summary["parameters_after"]
     heads, neurons, layers = summary["heads_kept"], summary["neurons_kept"], summary["layers_kept"]
-    changed = " (layers dropped: outputs change by design; evaluate it)" if layers[0] < layers[1] else ""
+    changed = ""
+    if layers[0] < layers[1] and summary["max_abs_diff"] > 1e-4:
+        changed = " (layers dropped: outputs change by design; evaluate it)"
+    lines = [
+        f"parameters: {before:,} -> {after:,} ({after / before:.1%} of the original)",
+        f"attention heads kept: {heads[0]} of {heads[1]}; FFN neurons kept: {neurons[0]} of {neurons[1]}",
+        f"encoder layers kept: {layers[0]} of {layers[1]}",
+    ]
+    if summary.get("lowrank"):
+        low = summary["lowrank"]
+        lines.append(
+            f"rank components kept: {low['ranks_kept'][0]} of {low['ranks_kept'][1]}; "
+            f"{len(low['split'])} matrices split in two, {len(low['merged'])} multiplied back"
+        )
     return "\n".join(
         [
-            f"parameters: {before:,} -> {after:,} ({after / before:.1%} of the original)",
-            f"attention heads kept: {heads[0]} of {heads[1]}; FFN neurons kept: {neurons[0]} of {neurons[1]}",
-            f"encoder layers kept: {layers[0]} of {layers[1]}",
+            *lines,
             f"max |slimmed - original| output on a random batch: {summary['max_abs_diff']:.2e}{changed}",
             f"written: {summary['output']} (details: {summary['output']}/slim.json)",
         ]

@@ -13,14 +13,16 @@ or ffn_out). Two things follow, used by the structured methods and by slimming:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 from transformers import PretrainedConfig
 
 from prunebert.errors import PrunebertError
-from prunebert.targets import Target
+from prunebert.targets import Target, architecture_for
 
 __all__ = [
     "INPUT_ROLES",
@@ -28,6 +30,7 @@ __all__ = [
     "GroupSet",
     "broadcast_groups",
     "column_group_reduce",
+    "encoder_layers",
     "gate_gradient",
     "group_norms",
     "group_sets",
@@ -122,3 +125,19 @@ def broadcast_groups(values: torch.Tensor, group_size: int, shape: torch.Size, a
 def kept_groups(output_weight: torch.Tensor, group_size: int) -> torch.Tensor:
     """True for each column group with a nonzero entry: the groups that still reach the output. (G,)"""
     return column_group_reduce(output_weight.detach().ne(0).to(torch.uint8), group_size).bool()
+
+
+def encoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The encoder's list of layers and its name (e.g. `bert.encoder.layer`), found through the role table.
+
+    The list is the module holding the layers that the `ffn_out` pattern numbers; any module type counts
+    there (a factorised or slimmed projection has no plain weight), so this works on every form of model.
+    """
+    pattern = re.compile(architecture_for(model).roles["ffn_out"])
+    for name, _ in model.named_modules():
+        match = pattern.search(name)
+        if match:
+            layers = model.get_submodule(name[: match.start(1) - 1])
+            assert isinstance(layers, nn.ModuleList)
+            return name[: match.start(1) - 1], layers
+    raise PrunebertError(f"{type(model).__name__} has no encoder layers that the role table recognises")

@@ -111,7 +111,8 @@ def find_targets(
     """The prunable weights of `model`: the given roles of its architecture, or explicit patterns.
 
     Explicit `patterns` (regexes over module names) replace the role table; matched modules get the
-    role "custom" unless the table also names them. Only modules with a 2-D `weight` qualify.
+    role "custom" unless the table also names them. Only modules with a 2-D `weight` qualify, and
+    factorised Linears (`prunebert.lowrank.LowRankLinear`), whose `weight` is their diagonal.
     """
     arch = ARCHITECTURES.get(getattr(getattr(model, "config", None), "model_type", ""))
     role_list = list(roles) + (["embeddings"] if include_embeddings else [])
@@ -123,7 +124,8 @@ def find_targets(
     targets = []
     for name, module in model.named_modules():
         weight = getattr(module, "weight", None)
-        if not isinstance(weight, nn.Parameter) or weight.dim() != 2:
+        factorized = getattr(module, "factorized", False)  # prunebert.lowrank: a 1-D diagonal `weight`
+        if not isinstance(weight, nn.Parameter) or (weight.dim() != 2 and not factorized):
             continue
         target = _match(name, table)
         if target is None and any(p.search(name) for p in custom):

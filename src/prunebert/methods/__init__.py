@@ -2,6 +2,8 @@
 
 from prunebert.methods import (  # noqa: F401  (registers them)
     gates,
+    layerdrop,
+    lowrank,
     magnitude,
     movement,
     nip,

@@ -112,6 +112,12 @@ class GroupPruning(PruningMethod):
                 f"method {self.name!r} removes whole heads and FFN neurons, but {stray[0].name} has role "
                 f"{stray[0].role!r}; drop --pruning.targets / include_embeddings and pick encoder roles"
             )
+        factorized = [t for t in targets if getattr(model.get_submodule(t.name), "factorized", False)]
+        if factorized:
+            raise PrunebertError(
+                f"method {self.name!r} removes whole heads and FFN neurons, but {factorized[0].name} is "
+                "factorised (lowrank): its rank is pruned by per-weight methods; target other roles"
+            )
         self.sets = group_sets(targets, getattr(model, "config"))  # noqa: B009  (any nn.Module)
         self.scope = config.scope
 
