@@ -21,6 +21,9 @@ from prunebert.fixed_attention import (
     resolve_heads,
 )
 from prunebert.models import load_model
+from prunebert.recipes import dump_recipe, load_recipe, validate_recipe
+from prunebert.stages.finetune import FinetuneConfig
+from prunebert.stages.pretrain import PretrainConfig
 from prunebert.structure import head_size
 from prunebert.targets import find_targets
 from tiny import tiny_classifier, write_workspace
@@ -192,3 +195,20 @@ def test_finetune_with_fixed_heads_then_evaluate(workspace: Path) -> None:
     evaluated = json.loads(out.read_text())["metrics"]
     for split in ("dev", "test"):  # the evaluated model re-applied the patterns on load
         assert evaluated[split] == pytest.approx(result["metrics"][split])
+
+
+def test_fields_added_after_runs_were_recorded_appear_in_recipes_only_when_set(tmp_path: Path) -> None:
+    old = FinetuneConfig().model_dump(mode="json")  # what a run recorded before these fields existed
+    assert not {"task_type", "qa", "fixed_attention"} & set(old)
+    assert "nsp" not in PretrainConfig().model_dump(mode="json")
+    assert FinetuneConfig.model_validate(old).model_dump(mode="json") == old  # so old runs still match
+    cfg = FinetuneConfig(task_type="qa", qa={"doc_stride": 32}, fixed_attention={"heads": {1: [0, 2]}})
+    dumped = cfg.model_dump(mode="json")
+    assert dumped["task_type"] == "qa" and dumped["qa"]["doc_stride"] == 32
+    assert dumped["fixed_attention"]["heads"] == {"1": [0, 2]}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(dump_recipe(cfg))
+    assert validate_recipe(FinetuneConfig, load_recipe(path)) == cfg  # load -> dump -> load
+    nsp = PretrainConfig(nsp="off")
+    path.write_text(dump_recipe(nsp))
+    assert validate_recipe(PretrainConfig, load_recipe(path)).nsp == "off"
