@@ -121,10 +121,17 @@ class SplitLinear(nn.Module):
     """Two Linears in -> rank -> out: the deployed form of a pruned factorisation."""
 
     def __init__(
-        self, in_features: int, out_features: int, rank: int, bias: bool = True, **kind: Any
+        self,
+        in_features: int,
+        out_features: int,
+        rank: int,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
+        kind = {"device": device, "dtype": dtype}
         self.first = nn.Linear(in_features, rank, bias=False, **kind)  # diag(g') Q'
         self.second = nn.Linear(rank, out_features, bias=bias, **kind)  # P', + b
 

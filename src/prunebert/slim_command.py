@@ -106,11 +106,12 @@ def format_summary(summary: dict[str, Any]) -> str:
     changed = ""
     if layers[0] < layers[1] and summary["max_abs_diff"] > 1e-4:
         changed = " (layers dropped: outputs change by design; evaluate it)"
-    lines = [
-        f"parameters: {before:,} -> {after:,} ({after / before:.1%} of the original)",
-        f"attention heads kept: {heads[0]} of {heads[1]}; FFN neurons kept: {neurons[0]} of {neurons[1]}",
-        f"encoder layers kept: {layers[0]} of {layers[1]}",
-    ]
+    lines = [f"parameters: {before:,} -> {after:,} ({after / before:.1%} of the original)"]
+    if heads[1] or neurons[1]:  # none when every projection is factorised
+        lines.append(
+            f"attention heads kept: {heads[0]} of {heads[1]}; FFN neurons kept: {neurons[0]} of {neurons[1]}"
+        )
+    lines.append(f"encoder layers kept: {layers[0]} of {layers[1]}")
     if summary.get("lowrank"):
         low = summary["lowrank"]
         lines.append(
