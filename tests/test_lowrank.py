@@ -7,8 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModel,
+    AutoModelForSequenceClassification,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
+from prunebert.bench import encoder_flops
 from prunebert.cli import main
 from prunebert.config import PruningConfig
 from prunebert.errors import PrunebertError
@@ -217,6 +223,19 @@ def test_heads_are_cut_where_attention_is_plain_while_the_ffn_is_factorised(tmp_
     assert layout["heads"] == [[0, 2, 3], [0, 1, 2, 3]] and layout["intermediate_sizes"] == [64, 64]
     model.save_pretrained(tmp_path)
     assert torch.equal(_out(load_slim(tmp_path)), _out(model))
+
+
+def test_flops_count_the_factors() -> None:
+    model = AutoModel.from_config(tiny_config())
+    seq, attention = 8, 2 * 2 * (2 * 8 * 8 * 32)  # layers x (QK^T + AV), widths unchanged
+    dense = 2 * (4 * 32 * 32 + 2 * 32 * 64) * 2 * seq + attention
+    assert encoder_flops(model, seq) == {"dense": dense, "nonzero_weights": dense}
+    _pruned(model, 0.6)  # 13 of 32 components kept in every matrix
+    factorised = 2 * 2 * (4 * 32 * 64 + 2 * 32 * 96) * seq  # layers x 2 x r (out + in)
+    kept = factorised * 13 // 32
+    assert encoder_flops(model, seq) == {"dense": factorised + attention, "nonzero_weights": kept + attention}
+    slim_lowrank(model)  # all split: 13 (out + in) per matrix, dense and nonzero alike
+    assert encoder_flops(model, seq) == {"dense": kept + attention, "nonzero_weights": kept + attention}
 
 
 def _without_layer_zero(model: PreTrainedModel) -> PreTrainedModel:

@@ -38,7 +38,8 @@ from prunebert.bench_runners import (
 )
 from prunebert.errors import PrunebertError
 from prunebert.inference import weight_bytes
-from prunebert.targets import ENCODER_ROLES, find_targets
+from prunebert.lowrank import matmul_size
+from prunebert.targets import ENCODER_ROLES, role_modules
 from prunebert.torch_variants import CSRSettings
 
 __all__ = ["BenchSettings", "encoder_flops", "format_bench", "run_bench", "summarize_rounds"]
@@ -147,23 +148,27 @@ def _measure_batch(
 def encoder_flops(model: nn.Module, seq_len: int) -> dict[str, int] | None:
     """Multiply-adds x 2 of one sequence through the encoder's matmuls: dense, and counting nonzero weights.
 
-    Linears: 2 x in x out per token (nonzero: 2 x nnz(W) per token). Attention: Q K^T and A V cost
-    2 x seq x seq x (heads x head_dim) each per layer, read from the query/value projections' widths,
-    so slimmed layers of different shapes count correctly. None if the model has no known encoder roles.
+    Linears: 2 x in x out per token (nonzero: 2 x nnz(W) per token); factorised and split ones
+    (`prunebert.lowrank`) count their factors. Attention: Q K^T and A V cost 2 x seq x seq x (heads x
+    head_dim) each per layer, read from the query/value projections' widths, so slimmed layers of
+    different shapes count correctly. None if the model has no known encoder roles.
     """
     try:
-        targets = find_targets(model, ENCODER_ROLES)
+        modules = role_modules(model, ENCODER_ROLES)
     except PrunebertError:
         return None
     dense = nonzero = 0
-    for target in targets:
-        weight = model.get_submodule(target.name).get_parameter("weight")  # (out, in)
-        dense += 2 * weight.numel() * seq_len
-        nonzero += 2 * int(torch.count_nonzero(weight)) * seq_len
+    for target, module in modules:
+        size = matmul_size(module)
+        if size is None:
+            continue
+        weights, nonzero_weights, width = size
+        dense += 2 * weights * seq_len
+        nonzero += 2 * nonzero_weights * seq_len
         if target.role in ("query", "value"):
-            attention = 2 * seq_len * seq_len * int(weight.shape[0])
+            attention = 2 * seq_len * seq_len * width
             dense, nonzero = dense + attention, nonzero + attention
-    return {"dense": dense, "nonzero_weights": nonzero}
+    return {"dense": dense, "nonzero_weights": nonzero} if modules else None
 
 
 def _model_facts(factory: RunnerFactory, spec: str, seq_len: int) -> dict[str, Any]:

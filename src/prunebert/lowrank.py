@@ -49,6 +49,7 @@ __all__ = [
     "factorized_names",
     "has_lowrank",
     "kept_weights_fraction",
+    "matmul_size",
     "rebuild_lowrank",
     "renumber_lowrank",
     "slim_lowrank",
@@ -314,3 +315,21 @@ def kept_weights_fraction(modules: Mapping[str, LowRankLinear]) -> float:
         dense += size
         kept += min(size, rank * (module.out_features + module.in_features))
     return kept / max(1, dense)
+
+
+def matmul_size(module: nn.Module) -> tuple[int, int, int] | None:
+    """(weights, nonzero weights, output width) of a Linear in any of its forms: the multiply-adds per token.
+
+    A factorised module counts r (out + in), and as nonzero only its components whose g_k is not 0; a
+    split one counts both of its Linears. None for a module without a 2-D weight (nothing to count).
+    """
+    if isinstance(module, LowRankLinear):
+        width = module.out_features + module.in_features
+        return module.weight.numel() * width, int(module.weight.count_nonzero()) * width, module.out_features
+    if isinstance(module, SplitLinear):
+        parts = (module.first.weight, module.second.weight)
+        return sum(w.numel() for w in parts), sum(int(w.count_nonzero()) for w in parts), module.out_features
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        return None
+    return weight.numel(), int(weight.count_nonzero()), weight.shape[0]

@@ -23,7 +23,6 @@ it: the shapes do not match the config. Heads and neurons whose projections are 
 from __future__ import annotations
 
 import json
-import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ from prunebert.errors import PrunebertError
 from prunebert.layer_skip import renumber_skipped
 from prunebert.lowrank import has_lowrank, rebuild_lowrank, renumber_lowrank
 from prunebert.structure import INPUT_ROLES, OUTPUT_ROLES, GroupSet, encoder_layers, group_sets, kept_groups
-from prunebert.targets import ENCODER_ROLES, architecture_for, find_targets
+from prunebert.targets import ENCODER_ROLES, find_targets, role_modules
 
 __all__ = [
     "SLIM_KEY",
@@ -112,12 +111,8 @@ def _weight(model: nn.Module, name: str) -> torch.Tensor:
 
 def _sets(model: PreTrainedModel) -> list[GroupSet]:
     """The head / neuron sets that can be cut: those whose projections are all plain Linears."""
-    roles, blocked = architecture_for(model).roles, set()
-    for name, module in model.named_modules():
-        for role, kind in _KIND.items():
-            match = re.search(roles[role], name)
-            if match and not isinstance(module, nn.Linear):  # factorised (prunebert.lowrank)
-                blocked.add((int(match.group(1)), kind))
+    modules = role_modules(model, tuple(_KIND))
+    blocked = {(t.layer, _KIND[t.role]) for t, m in modules if not isinstance(m, nn.Linear)}  # lowrank
     try:
         targets = find_targets(model, ENCODER_ROLES)
     except PrunebertError:  # every projection is a split factorisation: nothing to cut

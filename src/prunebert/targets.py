@@ -23,6 +23,7 @@ __all__ = [
     "Target",
     "architecture_for",
     "find_targets",
+    "role_modules",
 ]
 
 ENCODER_ROLES = ("query", "key", "value", "attention_output", "ffn_in", "ffn_out")
@@ -138,6 +139,13 @@ def find_targets(
             "check --pruning.targets against the names printed by `prunebert info MODEL`"
         )
     return targets
+
+
+def role_modules(model: nn.Module, roles: Sequence[str] = ENCODER_ROLES) -> list[tuple[Target, nn.Module]]:
+    """Every module playing one of `roles`, whatever its type (a factorised projection has no 2-D weight)."""
+    table = _role_patterns(architecture_for(model), roles)
+    found = [(_match(name, table), module) for name, module in model.named_modules()]
+    return [(target, module) for target, module in found if target is not None]
 
 
 def _match(name: str, table: list[tuple[str, re.Pattern[str]]]) -> Target | None:
