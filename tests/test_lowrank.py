@@ -299,3 +299,32 @@ def test_finetune_with_lowrank_then_slim_then_evaluate(
     for split_name, values in tuned["metrics"].items():
         assert metrics[split_name]["accuracy"] == values["accuracy"]
         assert metrics[split_name]["loss"] == pytest.approx(values["loss"], abs=1e-4)
+
+
+def test_heads_slimmed_then_factorised_then_layerdrop_then_slimmed(
+    tmp_path: Path, tiny_tokenizer: PreTrainedTokenizerBase
+) -> None:
+    """The three kinds of structure in sequence, each step saved and loaded as the next run would."""
+    model = _model()
+    with torch.no_grad():  # head 1 of layer 0 removed, then cut away
+        model.bert.encoder.layer[0].attention.output.dense.weight[:, 8:16] = 0
+    slim_model(model)
+    _pruned(model, 0.5)  # the cut query of layer 0 is 24 x 32: rank 24
+    assert getattr(model.config, LOWRANK_KEY)["factorized"]["encoder.layer.0.attention.self.query"] == 24
+    layerdrop = Pruner(model, PruningConfig(method="layerdrop", sparsity=0.5))
+    layerdrop.start(1)
+    layerdrop.update(1)  # layer 1 goes: skipped from now on
+    expected = _out(model)
+    model.save_pretrained(tmp_path / "run")
+    tiny_tokenizer.save_pretrained(tmp_path / "run")
+    assert torch.equal(_out(load_model(str(tmp_path / "run"), head="classification").model), expected)
+    assert main(["slim", str(tmp_path / "run"), str(tmp_path / "slim")]) == 0
+    config = json.loads((tmp_path / "slim" / "config.json").read_text())
+    assert config[SLIM_KEY]["layers"] == [0] and config[SLIM_KEY]["heads"][0] == [0, 2, 3]
+    split = config[LOWRANK_KEY][
+        "split"
+    ]  # 12 of 24 (Q/K/V of layer 0) and 16 of 32 (FFN) pay; the rest merged
+    assert not config[LOWRANK_KEY]["factorized"] and set(split.values()) == {12, 16}
+    assert all(n.startswith("encoder.layer.0.") for n in split) and len(split) == 6
+    slim = load_model(str(tmp_path / "slim"), head="classification").model
+    assert len(encoder_layers(slim)[1]) == 1 and (_out(slim) - expected).abs().max().item() <= 1e-4
