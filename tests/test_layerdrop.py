@@ -2,11 +2,21 @@
 
 import copy
 import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
+from safetensors.torch import load_file
+from transformers import (
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from prunebert.cli import main
 from prunebert.config import PruningConfig
@@ -293,3 +303,47 @@ def test_finetune_with_layerdrop_then_slim_then_evaluate(
     evaluate = ["evaluate", "--model", str(slim), "--task", str(space / "task.csv"), "--output", str(out)]
     assert main([*evaluate, "--max_seq_length", "16"]) == 0
     assert json.loads(out.read_text())["metrics"] == tuned["metrics"]
+
+
+@pytest.mark.slow
+def test_two_processes_skip_the_same_layers_as_one(
+    tmp_path: Path, tiny_tokenizer: PreTrainedTokenizerBase
+) -> None:
+    """DDP (gloo, 2 CPU processes, batch 4 each) against one process with batch 8: the same decisions on
+    both ranks (no hang on the skipped layers' unused parameters) give the same model."""
+    space = write_workspace(tmp_path, tiny_tokenizer)
+    torch.manual_seed(0)  # no dropout: two processes then compute exactly the global batch's gradient
+    config = tiny_config(num_hidden_layers=4, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    AutoModelForMaskedLM.from_config(config).save_pretrained(space / "m")
+    tiny_tokenizer.save_pretrained(space / "m")
+
+    def argv(out: Path, batch: int) -> list[str]:
+        return [
+            *("finetune", "--model", str(space / "m"), "--task", str(space / "task.csv"), "--max_seq_length"),
+            *("16", "--output_dir", str(out), "--train.max_steps", "12", "--train.batch_size", str(batch)),
+            *("--train.learning_rate", "1e-3", "--train.logging_steps", "3", "--pruning.method", "layerdrop"),
+            *("--pruning.sparsity", "0.5", "--pruning.options", "{p: 0.5}"),
+        ]
+
+    assert main(argv(tmp_path / "one", 8)) == 0
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    launch = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
+    launch += ["--dynamo_backend", "no", "--main_process_port", port]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *launch, "-m", "prunebert.cli"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
+    done = subprocess.run(
+        [*cmd, *argv(tmp_path / "two", 4)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    single, ddp = (json.loads((tmp_path / r / "results.json").read_text()) for r in ("one", "two"))
+    skipped = [
+        [h["layers_skipped"] for h in r["train"]["log_history"] if "layers_skipped" in h]
+        for r in (single, ddp)
+    ]
+    assert skipped[0] == skipped[1] and 0 < sum(skipped[0]) < len(skipped[0])
+    digests = ddp["sparsity"]["mask_sha256"]
+    assert digests[0] == digests[1] == single["sparsity"]["mask_sha256"][0]
+    a, b = (load_file(str(tmp_path / r / "model" / "model.safetensors")) for r in ("one", "two"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
