@@ -21,7 +21,7 @@ from transformers import (
 from prunebert.cli import main
 from prunebert.config import PruningConfig
 from prunebert.errors import PrunebertError
-from prunebert.layer_skip import SKIP_KEY, restore_skipped_layers, skip_layers
+from prunebert.layer_skip import SKIP_KEY, restore_skipped_layers, skip_layers, skipped_layers
 from prunebert.masks import MASKS_FILE, load_masks
 from prunebert.methods.layerdrop import LayerDrop, drop_decisions, every_other
 from prunebert.models import load_model, save_pruned
@@ -191,6 +191,23 @@ def test_selection_drops_the_right_layers_and_skips_them_for_good(model_type: st
     for i, layer in enumerate(encoder_layers(model)[1]):
         assert all((p.grad is None) == (i in (1, 3)) for p in layer.parameters())
     assert torch.equal(_out(model.eval()), _out(_without_layers(model, {1, 3})))
+
+
+def test_a_checkpoint_taken_after_the_selection_skips_its_layers_on_resume() -> None:
+    model = _model()
+    pruner = _pruner(model)
+    pruner.start(1)
+    pruner.update(1)
+    resumed_model = _model()
+    resumed = _method(_pruner(resumed_model))
+    resumed.load_state_dict(_method(pruner).state_dict())
+    resumed_model.load_state_dict(model.state_dict())  # what the Trainer restores
+    assert resumed.dropped == [1, 3] and skipped_layers(resumed_model.config) == [1, 3]
+    resumed_model.train()
+    with torch.no_grad():
+        resumed_model(input_ids=IDS)
+    assert resumed._draw.skip is None  # no more random skipping
+    assert torch.equal(_out(resumed_model.eval()), _out(model.eval()))
 
 
 def test_explicit_drop_option_and_log_metrics() -> None:
