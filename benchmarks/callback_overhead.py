@@ -40,22 +40,9 @@ from transformers import (
 )
 
 from prunebert import Pruner, PruningCallback, PruningConfig
+from shapes import ENCODER_SHAPES  # benchmarks/shapes.py: the script's folder is on sys.path
 
-# hidden, layers, heads, intermediate: the encoder shapes of the two checkpoints, built with random weights
-SIZES: dict[str, dict[str, int]] = {
-    "minilm": {
-        "hidden_size": 384,
-        "num_hidden_layers": 6,
-        "num_attention_heads": 12,
-        "intermediate_size": 1536,
-    },
-    "bert-base": {
-        "hidden_size": 768,
-        "num_hidden_layers": 12,
-        "num_attention_heads": 12,
-        "intermediate_size": 3072,
-    },
-}
+SIZES = {name: ENCODER_SHAPES[name] for name in ("minilm", "bert-base")}
 VOCAB_SIZE = 30522
 MAX_POSITIONS = 512
 WARMUP_STEPS = 3

@@ -29,22 +29,9 @@ from prunebert.cli import main as prunebert_main
 from prunebert.io import write_json
 from prunebert.masks import topk_mask
 from prunebert.targets import find_targets
+from shapes import ENCODER_SHAPES  # benchmarks/shapes.py: the script's folder is on sys.path
 
-SIZES: dict[str, dict[str, int]] = {
-    "tiny": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128},
-    "minilm": {
-        "hidden_size": 384,
-        "num_hidden_layers": 6,
-        "num_attention_heads": 12,
-        "intermediate_size": 1536,
-    },
-    "bert-base": {
-        "hidden_size": 768,
-        "num_hidden_layers": 12,
-        "num_attention_heads": 12,
-        "intermediate_size": 3072,
-    },
-}
+SIZES = {name: ENCODER_SHAPES[name] for name in ("tiny", "minilm", "bert-base")}
 
 
 def build(size: str, seed: int = 0) -> PreTrainedModel:

@@ -34,22 +34,9 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from prunebert import Pruner, PruningConfig
+from shapes import ENCODER_SHAPES  # benchmarks/shapes.py: the script's folder is on sys.path
 
-SIZES: dict[str, dict[str, int]] = {
-    "tiny": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 256},
-    "bert-base": {
-        "hidden_size": 768,
-        "num_hidden_layers": 12,
-        "num_attention_heads": 12,
-        "intermediate_size": 3072,
-    },
-    "bert-large": {
-        "hidden_size": 1024,
-        "num_hidden_layers": 24,
-        "num_attention_heads": 16,
-        "intermediate_size": 4096,
-    },
-}
+SIZES = {name: ENCODER_SHAPES[name] for name in ("tiny", "bert-base", "bert-large")}
 VARIANTS = ("dense", "magnitude", "movement")
 VOCAB_SIZE = 30522
 GOAL_BYTES_PER_PRUNED_WEIGHT = 1.0
