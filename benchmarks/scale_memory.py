@@ -104,11 +104,11 @@ def pruner_memory(pruner: Pruner) -> dict[str, Any]:
     """Exact bytes of the masks and the method's state, per target and per pruned weight."""
     targets = sum(w.numel() for w in pruner.weights().values())
     pruned = targets - sum(int(m.sum()) for m in pruner.masks.values())
-    masks, state = tensor_bytes(pruner.masks), tensor_bytes(pruner.method.state_dict())
+    masks, state = pruner.masks.nbytes(), tensor_bytes(pruner.method.state_dict())
     return {
         "target_weights": targets,
         "pruned_weights": pruned,
-        "mask_dtype": str(next(iter(pruner.masks.values())).dtype),
+        "mask_storage": "1 bit per target weight (prunebert.masks.PackedMasks)",
         "mask_bytes": masks,
         "method_state_bytes": state,
         "mask_bytes_per_target_weight": masks / targets,

@@ -6,7 +6,17 @@ import pytest
 import torch
 
 from prunebert.errors import PrunebertError
-from prunebert.masks import global_masks, layerwise_masks, load_masks, save_masks, sparsity_of, topk_mask
+from prunebert.masks import (
+    PackedMasks,
+    global_masks,
+    layerwise_masks,
+    load_masks,
+    pack_bits,
+    save_masks,
+    sparsity_of,
+    topk_mask,
+    unpack_bits,
+)
 from prunebert.methods.magnitude import magnitude_scores
 from prunebert.methods.random_baseline import random_scores
 
@@ -63,3 +73,35 @@ def test_mask_file_round_trip_and_damage(tmp_path: Path) -> None:
 def test_written_files_are_readable_by_others(tmp_path: Path) -> None:
     save_masks({"m.weight": topk_mask(W.abs(), 0.5)}, tmp_path / "m.safetensors", {})
     assert (tmp_path / "m.safetensors").stat().st_mode & 0o044 == 0o044
+
+
+def test_pack_bits_golden() -> None:
+    mask = torch.tensor([True, False, False, False, False, False, False, True, True, True])
+    # byte 0: bits 0 and 7 -> 1 + 128; byte 1: bits 0 and 1 of the zero-padded tail -> 3
+    assert pack_bits(mask).tolist() == [129, 3]
+    assert torch.equal(unpack_bits(pack_bits(mask), mask.shape), mask)
+
+
+def test_accelerator_path_packs_like_the_cpu_path() -> None:
+    from prunebert.masks import _pack_bits_torch, _unpack_bits_torch
+
+    mask = torch.rand(3, 37, generator=torch.Generator().manual_seed(1)) > 0.5
+    assert torch.equal(_pack_bits_torch(mask), pack_bits(mask))
+    assert torch.equal(_unpack_bits_torch(pack_bits(mask), mask.shape), mask)
+
+
+@pytest.mark.parametrize("shape", [(1,), (7,), (8,), (3, 5), (4, 16), (2, 3, 7)])
+def test_packed_masks_round_trip_any_shape(shape: tuple[int, ...]) -> None:
+    mask = torch.rand(shape, generator=torch.Generator().manual_seed(0)) > 0.5
+    masks = PackedMasks({"w": mask})
+    assert torch.equal(masks["w"], mask) and masks["w"].dtype == torch.bool
+    assert masks.shape("w") == mask.shape
+
+
+def test_packed_masks_cost_one_bit_per_weight_and_reads_are_copies() -> None:
+    masks = PackedMasks({"a": torch.ones(384, 1536, dtype=torch.bool), "b": torch.ones(10, dtype=torch.bool)})
+    assert masks.nbytes() == 384 * 1536 // 8 + 2
+    masks["a"].zero_()  # an in-place op on a read changes only that copy ...
+    assert bool(masks["a"].all())
+    masks["a"] = torch.zeros(384, 1536, dtype=torch.bool)  # ... assignment changes the mask
+    assert not bool(masks["a"].any()) and set(masks) == {"a", "b"} and len(masks) == 2

@@ -56,7 +56,7 @@ def _structured(model: PreTrainedModel, sparsity: float = 0.5) -> Pruner:
     for s in group_sets(pruner.targets, model.config):
         if (s.kind, s.layer) in (("heads", 1), ("neurons", 0)):
             for target, _ in s.members():
-                pruner.masks[target.param_name].zero_()
+                pruner.masks[target.param_name] = torch.zeros_like(pruner.masks[target.param_name])
     pruner.enforce()
     return pruner
 

@@ -8,9 +8,10 @@ On disk they are a safetensors file of bool tensors keyed by weight name: no pic
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
@@ -20,15 +21,87 @@ from prunebert.io import atomic_path
 
 __all__ = [
     "MASKS_FILE",
+    "PackedMasks",
     "global_masks",
     "layerwise_masks",
     "load_masks",
+    "pack_bits",
     "save_masks",
     "sparsity_of",
     "topk_mask",
+    "unpack_bits",
 ]
 
 MASKS_FILE = "prunebert_masks.safetensors"
+
+
+_SHIFTS = torch.arange(8, dtype=torch.uint8)
+
+
+def pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """A bool tensor as uint8 bytes, 8 entries per byte (entry i of a byte is its bit i), zero-padded."""
+    if mask.device.type == "cpu":  # numpy's C loop: ~1 ms per 10M entries
+        flat = mask.detach().flatten().numpy()
+        return torch.from_numpy(np.packbits(flat, bitorder="little"))
+    return _pack_bits_torch(mask)
+
+
+def _pack_bits_torch(mask: torch.Tensor) -> torch.Tensor:
+    """`pack_bits` in torch ops, for masks on an accelerator."""
+    bits = mask.flatten().to(torch.uint8)
+    bits = torch.nn.functional.pad(bits, (0, -bits.numel() % 8)).view(-1, 8)
+    return (bits << _SHIFTS.to(bits.device)).sum(dim=1, dtype=torch.uint8)
+
+
+def unpack_bits(bits: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Inverse of `pack_bits`: the bool tensor of `shape`, on the device of `bits`."""
+    if bits.device.type == "cpu":
+        flat = np.unpackbits(bits.numpy(), count=shape.numel(), bitorder="little")
+        return torch.from_numpy(flat).view(torch.bool).view(shape)
+    return _unpack_bits_torch(bits, shape)
+
+
+def _unpack_bits_torch(bits: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """`unpack_bits` in torch ops, for masks on an accelerator."""
+    entries = (bits.unsqueeze(-1) >> _SHIFTS.to(bits.device)) & 1
+    return entries.flatten()[: shape.numel()].view(shape).bool()
+
+
+class PackedMasks(MutableMapping[str, torch.Tensor]):
+    """Masks held at one bit per weight (1/8 of a bool tensor): 0.14 bytes per pruned weight at 90%.
+
+    Reading `masks[name]` unpacks a fresh bool tensor on the mask's device (one matrix at a time, so the
+    transient cost is one matrix); change a mask by assigning it, `masks[name] = new_mask`: an in-place
+    op on what a read returned changes only that copy.
+    """
+
+    def __init__(self, masks: Mapping[str, torch.Tensor] | None = None) -> None:
+        self._bits: dict[str, tuple[torch.Tensor, torch.Size]] = {}
+        self.update(masks or {})
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        bits, shape = self._bits[name]
+        return unpack_bits(bits, shape)
+
+    def __setitem__(self, name: str, mask: torch.Tensor) -> None:
+        self._bits[name] = (pack_bits(mask.bool()), mask.shape)
+
+    def __delitem__(self, name: str) -> None:
+        del self._bits[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._bits)
+
+    def __len__(self) -> int:
+        return len(self._bits)
+
+    def shape(self, name: str) -> torch.Size:
+        """The mask's shape, without unpacking it."""
+        return self._bits[name][1]
+
+    def nbytes(self) -> int:
+        """Bytes held by all packed masks."""
+        return sum(bits.numel() for bits, _ in self._bits.values())
 
 
 def topk_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:

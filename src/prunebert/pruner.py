@@ -29,7 +29,7 @@ from prunebert.config import PruningConfig
 from prunebert.distributed import broadcast_masks
 from prunebert.errors import PrunebertError
 from prunebert.io import atomic_path
-from prunebert.masks import MASKS_FILE, global_masks, layerwise_masks, load_masks, save_masks
+from prunebert.masks import MASKS_FILE, PackedMasks, global_masks, layerwise_masks, load_masks, save_masks
 from prunebert.methods import create_method
 from prunebert.schedules import Fixed, Schedule, build_schedule
 from prunebert.targets import Target, find_targets
@@ -56,7 +56,10 @@ class Pruner:
         )
         self.method = create_method(config.method, config.options, config.seed)
         self.method.bind(model, self.targets, config)
-        self.masks = {t.param_name: torch.ones_like(w, dtype=torch.bool) for t, w in self._pairs()}
+        # one bit per target weight; reads unpack a fresh bool tensor, writes are assignments
+        self.masks = PackedMasks(
+            {t.param_name: torch.ones_like(w, dtype=torch.bool) for t, w in self._pairs()}
+        )
         self.schedule: Schedule = Fixed(0.0)
         self.sparsity = 0.0  # the schedule's value at the last update
         self.history: list[tuple[int, float]] = []
@@ -156,7 +159,7 @@ class Pruner:
 
     def _set_masks(self, masks: Mapping[str, torch.Tensor]) -> None:
         for name, mask in masks.items():
-            self.masks[name].copy_(mask)
+            self.masks[name] = mask
 
     def _clear_optimizer_state(self, optimizer: torch.optim.Optimizer | None) -> None:
         """Zero momentum / second moments of pruned entries so a stale update cannot move them."""
@@ -218,10 +221,11 @@ class Pruner:
                 f"{source} has no mask for {missing[0]} (and {len(missing) - 1} more); "
                 "use masks saved from the same architecture, or the same pruning targets"
             )
-        for name, current in self.masks.items():
-            if masks[name].shape != current.shape:
+        weights = self.weights()
+        for name in list(self.masks):
+            if masks[name].shape != self.masks.shape(name):
                 raise PrunebertError(
                     f"mask for {name} in {source} has shape {tuple(masks[name].shape)} but the model's "
-                    f"weight is {tuple(current.shape)}; the masks come from another model"
+                    f"weight is {tuple(self.masks.shape(name))}; the masks come from another model"
                 )
-            self.masks[name] = masks[name].to(current.device, torch.bool).clone()
+            self.masks[name] = masks[name].to(weights[name].device, torch.bool)

@@ -74,7 +74,7 @@ def run_slim(
     diff = (_outputs(model) - reference).abs().max().item()
     model.save_pretrained(output, safe_serialization=True)
     loaded.tokenizer.save_pretrained(output)
-    masks = {} if pruner is None else slice_masks(pruner.masks, cuts, dropped + factorized, renamed)
+    masks = {} if pruner is None else slice_masks(dict(pruner.masks), cuts, dropped + factorized, renamed)
     if pruner is not None and masks:  # the remaining (unstructured) zeros stay fixed in further training
         kept = sum(int(m.sum()) for m in masks.values())
         roles = {renamed.get(t.param_name, t.param_name): t.role for t in pruner.targets}
