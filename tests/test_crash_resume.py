@@ -24,7 +24,7 @@ from prunebert.data import SeededMLMCollator
 from prunebert.errors import PrunebertError
 from prunebert.masks import MASKS_FILE
 from prunebert.pruner import Pruner
-from tiny import StopAt, tiny_classifier, tiny_dataset, tiny_training_args, write_workspace
+from tiny import StopAt, stage_data_args, tiny_classifier, tiny_dataset, tiny_training_args, write_workspace
 
 FAST = ["--train.batch_size", "4", "--train.logging_steps", "5", "--pruning.sparsity", "0.5"]
 
@@ -35,11 +35,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: PreTrain
 
 
 def _argv(stage: str, ws: Path, run: Path, steps: int, save_steps: int, method: str) -> list[str]:
-    data = (
-        ["--text", str(ws / "text.txt"), "--block_size", "16"]
-        if stage == "pretrain"
-        else ["--task", str(ws / "task.csv"), "--max_seq_length", "16"]
-    )
+    data = stage_data_args(stage, ws)
     return [
         stage,
         "--model",

@@ -22,7 +22,7 @@ from prunebert.distributed import mask_digest
 from prunebert.masks import MASKS_FILE, load_masks
 from prunebert.pruner import Pruner
 from prunebert.stages.common import RunDir
-from tiny import tiny_classifier, tiny_config, tiny_training_args, write_workspace
+from tiny import stage_data_args, tiny_classifier, tiny_config, tiny_training_args, write_workspace
 
 TESTS = Path(__file__).parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(TESTS)}
@@ -45,11 +45,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: PreTrain
 
 
 def _argv(stage: str, ws: Path, out: Path, batch_size: int) -> list[str]:
-    data = (
-        ["--text", str(ws / "text.txt"), "--block_size", "16"]
-        if stage == "pretrain"
-        else ["--task", str(ws / "task.csv"), "--max_seq_length", "16"]
-    )
+    data = stage_data_args(stage, ws)
     return [
         stage,
         "--model",

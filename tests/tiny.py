@@ -109,3 +109,10 @@ def write_workspace(root: Path, tokenizer: PreTrainedTokenizerBase) -> Path:
     (root / "text.txt").write_text("\n\n".join(s for s, _ in sentences(rng, 300)))
     (root / "task.csv").write_text("text,label\n" + "".join(f"{s},{y}\n" for s, y in sentences(rng, 200)))
     return root
+
+
+def stage_data_args(stage: str, workspace: Path) -> list[str]:
+    """CLI options naming the workspace's data for `stage`: its text for pretrain, its task otherwise."""
+    if stage == "pretrain":
+        return ["--text", str(workspace / "text.txt"), "--block_size", "16"]
+    return ["--task", str(workspace / "task.csv"), "--max_seq_length", "16"]
