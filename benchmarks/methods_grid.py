@@ -111,6 +111,22 @@ def committed_rows(args: argparse.Namespace) -> dict[tuple[str, float], dict[str
     return {(row["method"], float(row["sparsity"])): row for row in table["cells"]}
 
 
+def markdown_table(path: Path) -> str:
+    """The README's table of a grid JSON: one row per method, one column per sparsity (test acc, ratio)."""
+    table = json.loads(path.read_text())
+    cells = {(c["method"], float(c["sparsity"])): c for c in table["cells"]}
+    sparsities = sorted(set(SPARSITIES) | {s for m, s in cells if m != "dense"})
+    dense = cells[("dense", 0.0)]
+    head = "| method | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |"
+    lines = [head, "|---|" + "---:|" * len(sparsities)]
+    lines.append(f"| dense: {dense['test_accuracy']:.1%} | " + " | ".join("" for _ in sparsities) + " |")
+    for method in METHODS:
+        row = [cells.get((method, s)) for s in sparsities]
+        text = [f"{c['test_accuracy']:.1%} ({c['ratio_to_dense']:.3f})" if c else "not run yet" for c in row]
+        lines.append(f"| {method} | " + " | ".join(text) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     """Run the grid, dense first."""
     parser = argparse.ArgumentParser(
@@ -123,7 +139,11 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "methods_grid")
     parser.add_argument("--output", type=Path, default=ROOT / "results" / "methods_grid.json")
+    parser.add_argument("--table", action="store_true", help="print the Markdown table of --output and exit")
     args = parser.parse_args()
+    if args.table:
+        print(markdown_table(args.output))
+        return
     started = time.time()
     known = committed_rows(args)
     dense_recipe = {**base_recipe(args), "output_dir": str(args.runs / "dense")}
