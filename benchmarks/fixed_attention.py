@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from methods_grid import base_recipe
-from prunebert.stages.common import environment
 from prunebert.stages.finetune import FinetuneConfig
 from prunebert.stages.runner import run_or_reuse
+from results_table import write_results  # benchmarks/results_table.py: the script's folder is on sys.path
 
 ROOT = Path(__file__).resolve().parent
 HEADS = (0, 4, 8, 12)
@@ -66,17 +64,7 @@ def summarise(result: dict[str, Any], heads: int, dense_test: float | None) -> d
 
 def write_table(args: argparse.Namespace, rows: list[dict[str, Any]], started: float) -> None:
     """Rewrite the JSON table with every finished cell so far."""
-    table = {
-        "benchmark": "fixed_attention",
-        "command": " ".join(shlex.quote(a) for a in sys.argv),
-        "settings": settings(args),
-        "cells": rows,
-        "complete": len(rows) == len(args.heads),
-        "elapsed_s": time.time() - started,
-        "environment": environment(),
-    }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(table, indent=2) + "\n")
+    write_results(args.output, "fixed_attention", settings(args), rows, len(rows) == len(args.heads), started)
 
 
 def committed_rows(args: argparse.Namespace) -> dict[int, dict[str, Any]]:

@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from prunebert.stages.common import environment
 from prunebert.stages.finetune import FinetuneConfig
 from prunebert.stages.runner import run_or_reuse
+from results_table import write_results  # benchmarks/results_table.py: the script's folder is on sys.path
 
 ROOT = Path(__file__).resolve().parent
 METHODS: dict[str, dict[str, Any]] = {
@@ -88,17 +86,14 @@ def summarise(result: dict[str, Any], dense_test: float | None) -> dict[str, Any
 
 def write_table(args: argparse.Namespace, rows: list[dict[str, Any]], started: float) -> None:
     """Rewrite the JSON table with every finished cell so far."""
-    table = {
-        "benchmark": "methods_grid",
-        "command": " ".join(shlex.quote(a) for a in sys.argv),
-        "settings": base_recipe(args),
-        "cells": rows,
-        "complete": len(rows) == 1 + len(args.methods) * len(args.sparsities),
-        "elapsed_s": time.time() - started,
-        "environment": environment(),
-    }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(table, indent=2) + "\n")
+    write_results(
+        args.output,
+        "methods_grid",
+        base_recipe(args),
+        rows,
+        len(rows) == 1 + len(args.methods) * len(args.sparsities),
+        started,
+    )
 
 
 def committed_rows(args: argparse.Namespace) -> dict[tuple[str, float], dict[str, Any]]:
