@@ -167,9 +167,12 @@ class Pruner:
         if inner is None:
             return
         for name, weight in self.weights().items():
-            for value in inner.state.get(weight, {}).values():
-                if isinstance(value, torch.Tensor) and value.shape == weight.shape:
-                    value.mul_(self.masks[name])
+            moments = [v for v in inner.state.get(weight, {}).values() if isinstance(v, torch.Tensor)]
+            moments = [v for v in moments if v.shape == weight.shape]
+            if moments:
+                mask = self.masks[name]  # unpacked once for all of this weight's moments
+                for value in moments:
+                    value.mul_(mask)
 
     # -- reporting ---------------------------------------------------------------------------------
     def module_sparsity(self) -> dict[str, float]:
@@ -178,7 +181,7 @@ class Pruner:
 
     def overall_sparsity(self) -> float:
         """Fraction of pruned entries over all target weights."""
-        total = sum(m.numel() for m in self.masks.values())
+        total = sum(self.masks.shape(n).numel() for n in self.masks)
         kept = sum(int(m.sum().item()) for m in self.masks.values())
         return 1.0 - kept / max(1, total)
 
