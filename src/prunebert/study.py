@@ -30,11 +30,10 @@ from prunebert.distill import DistillConfig
 from prunebert.errors import PrunebertError
 from prunebert.io import atomic_path
 from prunebert.recipes import dump_recipe, load_recipe, validate_recipe
-from prunebert.stages.common import RESULTS_FILE
 from prunebert.stages.evaluate import TaskSpec
 from prunebert.stages.finetune import FinetuneConfig
 from prunebert.stages.pretrain import PretrainConfig
-from prunebert.stages.runner import StageConfig, run_or_reuse
+from prunebert.stages.runner import StageConfig, finished_run, run_stage
 from prunebert.study_results import aggregate, write_tables
 
 __all__ = [
@@ -389,11 +388,11 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
     executed, started = 0, time.time()
     table: dict[str, Any] = {}
     for i, run in enumerate(plan.runs, 1):
-        finished = (run.config.output_dir / RESULTS_FILE).is_file()
-        note = " (finished: reused)" if finished else ""
+        done = finished_run(run.config)
+        note = " (finished: reused)" if done is not None else ""
         print(f"[study {i}/{len(plan.runs)}] {run.label} -> {run.config.output_dir}{note}", flush=True)
-        results[run.key] = run_or_reuse(run.config)
-        executed += not finished
+        results[run.key] = run_stage(run.config) if done is None else done
+        executed += done is None
         table = aggregate(cfg.model_dump(mode="json"), plan.cells, results, out)
         table.update(runs_total=len(plan.runs), runs_executed=executed, elapsed_s=time.time() - started)
         write_tables(out, table)

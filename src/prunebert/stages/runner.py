@@ -14,22 +14,33 @@ from prunebert.stages.common import RESULTS_FILE
 from prunebert.stages.finetune import FinetuneConfig, run_finetune
 from prunebert.stages.pretrain import PretrainConfig, run_pretrain
 
-__all__ = ["StageConfig", "run_or_reuse"]
+__all__ = ["StageConfig", "finished_run", "run_or_reuse", "run_stage"]
 
 StageConfig = PretrainConfig | FinetuneConfig
 
 
-def run_or_reuse(config: StageConfig) -> dict[str, Any]:
-    """The stage's results: read from a finished run of the same recipe, else run (or resume) it."""
+def finished_run(config: StageConfig) -> dict[str, Any] | None:
+    """The results of a finished run of this recipe in its directory; None if it has not finished."""
     done = config.output_dir / RESULTS_FILE
-    if done.is_file():
-        results = dict(json.loads(done.read_text()))
-        if results.get("recipe") != config.model_dump(mode="json"):
-            raise PrunebertError(
-                f"{config.output_dir} holds a finished run of another recipe; "
-                "remove it or choose another output directory"
-            )
-        return results
+    if not done.is_file():
+        return None
+    results = dict(json.loads(done.read_text()))
+    if results.get("recipe") != config.model_dump(mode="json"):
+        raise PrunebertError(
+            f"{config.output_dir} holds a finished run of another recipe; "
+            "remove it or choose another output directory"
+        )
+    return results
+
+
+def run_stage(config: StageConfig) -> dict[str, Any]:
+    """Run (or resume from its last checkpoint) the stage `config` describes."""
     if isinstance(config, PretrainConfig):
         return run_pretrain(config)
     return run_finetune(config)
+
+
+def run_or_reuse(config: StageConfig) -> dict[str, Any]:
+    """The stage's results: read from a finished run of the same recipe, else run (or resume) it."""
+    results = finished_run(config)
+    return run_stage(config) if results is None else results
