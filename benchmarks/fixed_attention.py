@@ -62,9 +62,18 @@ def summarise(result: dict[str, Any], heads: int, dense_test: float | None) -> d
     }
 
 
-def write_table(args: argparse.Namespace, rows: list[dict[str, Any]], started: float) -> None:
-    """Rewrite the JSON table with every finished cell so far."""
-    write_results(args.output, "fixed_attention", settings(args), rows, len(rows) == len(args.heads), started)
+def write_table(
+    args: argparse.Namespace, rows: list[dict[str, Any]], known: dict[int, dict[str, Any]], started: float
+) -> None:
+    """Rewrite the JSON table with every finished cell so far, keeping committed cells of other head
+    counts (a run of some of them must not drop the rest)."""
+    done = {int(row["fixed_heads_per_layer"]) for row in rows}
+    cells = sorted(
+        rows + [row for heads, row in known.items() if heads not in done],
+        key=lambda row: int(row["fixed_heads_per_layer"]),
+    )
+    complete = set(HEADS) <= done | set(known)
+    write_results(args.output, "fixed_attention", settings(args), cells, complete, started)
 
 
 def committed_rows(args: argparse.Namespace) -> dict[int, dict[str, Any]]:
@@ -105,7 +114,7 @@ def main() -> None:
             rows.append(summarise(result, heads, dense_test))
         if heads == 0:
             dense_test = float(rows[-1]["test_accuracy"])
-        write_table(args, rows, started)
+        write_table(args, rows, known, started)
     for row in rows:
         ratio = "n/a" if row["ratio_to_dense"] is None else f"{row['ratio_to_dense']:.4f}"
         print(

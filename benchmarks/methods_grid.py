@@ -84,16 +84,18 @@ def summarise(result: dict[str, Any], dense_test: float | None) -> dict[str, Any
     }
 
 
-def write_table(args: argparse.Namespace, rows: list[dict[str, Any]], started: float) -> None:
-    """Rewrite the JSON table with every finished cell so far."""
-    write_results(
-        args.output,
-        "methods_grid",
-        base_recipe(args),
-        rows,
-        len(rows) == 1 + len(args.methods) * len(args.sparsities),
-        started,
-    )
+def write_table(
+    args: argparse.Namespace,
+    rows: list[dict[str, Any]],
+    known: dict[tuple[str, float], dict[str, Any]],
+    started: float,
+) -> None:
+    """Rewrite the JSON table with every finished cell so far, keeping committed cells of other
+    methods / sparsities (a run of a subset of the grid must not drop the rest)."""
+    done = {(row["method"], float(row["sparsity"])) for row in rows}
+    cells = rows + [row for key, row in known.items() if key not in done]
+    complete = {(m, float(s)) for m in METHODS for s in SPARSITIES} <= done | set(known)
+    write_results(args.output, "methods_grid", base_recipe(args), cells, complete, started)
 
 
 def committed_rows(args: argparse.Namespace) -> dict[tuple[str, float], dict[str, Any]]:
@@ -151,7 +153,7 @@ def main() -> None:
         dense = run_cell(dense_recipe)
         rows = [{"method": "dense", "sparsity": 0.0, **summarise(dense, None)}]
     dense_test = float(rows[0]["test_accuracy"])
-    write_table(args, rows, started)
+    write_table(args, rows, known, started)
     for sparsity in args.sparsities:
         for method in args.methods:
             if (method, sparsity) in known:
@@ -160,7 +162,7 @@ def main() -> None:
             recipe = cell_recipe(args, method, sparsity, Path(dense_recipe["output_dir"]))
             print(f"[grid] {method} @ {sparsity:.0%} -> {recipe['output_dir']}", flush=True)
             rows.append({"method": method, "sparsity": sparsity, **summarise(run_cell(recipe), dense_test)})
-            write_table(args, rows, started)
+            write_table(args, rows, known, started)
     for row in rows:
         print(
             f"{row['method']:>14} {row['sparsity']:>5.0%}  test {row['test_accuracy']:.4f}  "

@@ -1,0 +1,69 @@
+"""The resumable benchmarks' JSON tables: running a subset of a grid keeps the other committed cells."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture
+def scripts(monkeypatch: pytest.MonkeyPatch) -> tuple[ModuleType, ModuleType]:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # the benchmarks import each other as scripts do
+    import fixed_attention
+    import methods_grid
+
+    return methods_grid, fixed_attention
+
+
+def _grid_args(output: Path, methods: list[str], sparsities: list[float]) -> argparse.Namespace:
+    return argparse.Namespace(
+        output=output, methods=methods, sparsities=sparsities, max_train_examples=4000, epochs=2.0,
+        learning_rate=1e-4, model=None, task=None, max_steps=None,
+    )  # fmt: skip
+
+
+def _row(method: str, sparsity: float) -> dict[str, object]:
+    return {"method": method, "sparsity": sparsity, "test_accuracy": 0.5}
+
+
+def test_methods_grid_subset_run_keeps_the_other_cells(
+    scripts: tuple[ModuleType, ModuleType], tmp_path: Path
+) -> None:
+    grid, _ = scripts
+    out = tmp_path / "grid.json"
+    every = [_row("dense", 0.0)] + [_row(m, s) for m in grid.METHODS for s in grid.SPARSITIES]
+    everything = _grid_args(out, list(grid.METHODS), list(grid.SPARSITIES))
+    grid.write_table(everything, every[:3], {}, 0.0)
+    assert json.loads(out.read_text())["complete"] is False
+
+    grid.write_table(everything, every, {}, 0.0)
+    assert json.loads(out.read_text())["complete"] is True
+
+    subset = _grid_args(out, ["magnitude"], [0.5])
+    known = grid.committed_rows(subset)
+    assert len(known) == len(every)
+    grid.write_table(subset, [every[0], {**_row("magnitude", 0.5), "test_accuracy": 0.9}], known, 0.0)
+    table = json.loads(out.read_text())
+    cells = {(c["method"], c["sparsity"]): c["test_accuracy"] for c in table["cells"]}
+    assert len(cells) == len(every) and table["complete"] is True
+    assert cells[("magnitude", 0.5)] == 0.9 and cells[("nip", 0.9)] == 0.5
+
+
+def test_fixed_attention_subset_run_keeps_the_other_cells(
+    scripts: tuple[ModuleType, ModuleType], tmp_path: Path
+) -> None:
+    _, fixed = scripts
+    args = _grid_args(tmp_path / "fa.json", [], [])
+    rows = [{"fixed_heads_per_layer": h, "test_accuracy": 0.5} for h in fixed.HEADS]
+    fixed.write_table(args, rows, {}, 0.0)
+    known = fixed.committed_rows(args)
+    fixed.write_table(args, [{"fixed_heads_per_layer": 4, "test_accuracy": 0.7}], known, 0.0)
+    table = json.loads((tmp_path / "fa.json").read_text())
+    assert [c["fixed_heads_per_layer"] for c in table["cells"]] == list(fixed.HEADS)
+    assert table["cells"][1]["test_accuracy"] == 0.7 and table["complete"] is True
