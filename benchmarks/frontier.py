@@ -119,21 +119,41 @@ def train_point(args: argparse.Namespace, point: Point, teacher: Path) -> tuple[
     return slim, slim_once(str(args.runs / point.name), slim)
 
 
+def weights_stamp(model_dir: Path) -> list[list[Any]]:
+    """Name, size and modification time of the model's weight files: a retrained model has another."""
+    files = sorted(model_dir.glob("*.safetensors"))
+    return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+
+
+def _stamped(path: Path, model_dir: Path) -> dict[str, Any] | None:
+    """The JSON at `path` if it was made from the model now in `model_dir`, else None (stale or absent)."""
+    if not path.is_file():
+        return None
+    record = dict(json.loads(path.read_text()))
+    return record if record.get("weights_stamp") == weights_stamp(model_dir) else None
+
+
 def export_once(args: argparse.Namespace, model_dir: Path, out: Path, fmt: str) -> dict[str, Any]:
-    """fp32 + static int8 export of `model_dir` scored on the whole test split (reused when finished)."""
-    if (out / EXPORT_FILE).is_file():
+    """fp32 + static int8 export of `model_dir` scored on the whole test split (reused when finished from
+    the same weights)."""
+    stamp = out.with_name(out.name + ".stamp.json")
+    done = _stamped(stamp, model_dir)
+    if done is not None and (out / EXPORT_FILE).is_file():
         return dict(json.loads((out / EXPORT_FILE).read_text()))
     recipe = settings(args)
     options = ExportOptions(str(model_dir), str(out), fmt, int8=True, calibration=recipe["task"])
     full_test = {"eval_examples": None, "max_length": recipe["max_seq_length"], "seed": recipe["seed"]}
-    return export_model(replace(options, **full_test), overwrite=True)
+    manifest = export_model(replace(options, **full_test), overwrite=True)
+    write_json(stamp, {"weights_stamp": weights_stamp(model_dir)})
+    return manifest
 
 
 def measure_accuracy(args: argparse.Namespace, name: str, model_dir: Path) -> dict[str, Any]:
     """Test accuracy of every variant, parameters and bytes of one model (cached under --runs)."""
     cache = args.runs / f"{name}-accuracy.json"
-    if cache.is_file():
-        return dict(json.loads(cache.read_text()))
+    done = _stamped(cache, model_dir)
+    if done is not None:
+        return {k: v for k, v in done.items() if k != "weights_stamp"}
     recipe, model = settings(args), load_inference_model(str(model_dir))
     data = task_batches(recipe["task"], model, "test", None, 32, recipe["max_seq_length"], recipe["seed"])
     accuracy, sizes = {}, {"torch": weight_bytes(str(model_dir))}
@@ -153,7 +173,7 @@ def measure_accuracy(args: argparse.Namespace, name: str, model_dir: Path) -> di
         "test_examples": len(data.labels),
         "accuracy": accuracy,
     }
-    write_json(cache, record)
+    write_json(cache, {**record, "weights_stamp": weights_stamp(model_dir)})
     return record
 
 

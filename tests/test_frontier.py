@@ -88,3 +88,15 @@ def test_the_frontier_on_a_tiny_model_then_resumed(
     _run(*argv)  # every run, slim, export, accuracy and bench is reused
     assert json.loads(out.read_text())["cells"] == table["cells"]
     assert "| 2x0.5 |" in _run("--table", "--output", str(out))
+
+
+def test_cached_results_are_reused_only_for_the_same_weights(frontier: ModuleType, tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"weights")
+    cache = tmp_path / "cache.json"
+    assert frontier._stamped(cache, model) is None
+    cache.write_text(json.dumps({"accuracy": 0.8, "weights_stamp": frontier.weights_stamp(model)}))
+    assert frontier._stamped(cache, model) == json.loads(cache.read_text())
+    (model / "model.safetensors").write_bytes(b"retrained weights")  # a new run of the point
+    assert frontier._stamped(cache, model) is None
