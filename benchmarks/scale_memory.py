@@ -83,8 +83,9 @@ def pruning_config(method: str, sparsity: float) -> PruningConfig:
 def train_step(
     model: nn.Module, batch: dict[str, torch.Tensor], opt: torch.optim.Optimizer, pruner: Pruner | None
 ) -> None:
-    """One step as `PruningCallback` drives it: backward (gradient-masking hooks), clip, method reads
-    the gradients (movement scores), AdamW, method post-step and re-zeroing."""
+    """One step as `PruningCallback` drives it: backward (gradient-masking hooks; none for movement),
+    clip, method reads the gradients (movement scores, then the pruner masks them), AdamW, method
+    post-step and re-zeroing."""
     model(**batch).loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     if pruner is not None:

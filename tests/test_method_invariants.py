@@ -96,6 +96,10 @@ def test_method_invariants(method: str, tmp_path: Path, tiny_tokenizer: PreTrain
         trainer.model.state_dict().items(), resumed_trainer.model.state_dict().values(), strict=True
     ):
         assert torch.allclose(a, b, atol=1e-5), f"{method}: resumed run diverged at {name}"
+    state, resumed_state = pruner.method.state_dict(), resumed.method.state_dict()
+    assert set(state) == set(resumed_state), f"{method}: method state differs"
+    for key, value in state.items():  # e.g. movement's scores and the shadow of its pruned weights
+        assert torch.allclose(value, resumed_state[key], atol=1e-5), f"{method}: {key} diverged"
 
     model = trainer.model.eval()
     ids = torch.randint(5, 29, (2, 9), generator=torch.Generator().manual_seed(1))

@@ -129,20 +129,49 @@ def test_target_reached_with_exact_zeros(method: str, scope: str, options: dict)
 def test_hard_movement_regrows_a_pruned_weight_whose_score_rises() -> None:
     pruner = _pruner("movement", 8)
     opt = torch.optim.SGD(pruner.model.parameters(), lr=1e-2)
-    _step(pruner, opt, 0)  # first mask update: 21% pruned by movement
     name, weight = next(iter(pruner.weights().items()))
-    pruned = (~pruner.masks[name]).nonzero()[0].tolist()
-    assert pruner.sparsity > 0 and weight[tuple(pruned)] == 0.0
+    _step(pruner, opt, 0)  # first mask update: 21% pruned by movement
+    pruned = tuple((~pruner.masks[name]).nonzero()[0].tolist())
+    value = pruner.method.state_dict()[f"shadow.{name}"][pruned]  # its value when it was pruned
+    assert pruner.sparsity > 0 and weight[pruned] == 0.0 and value != 0.0
     # straight-through: a large gradient pulling this entry away from zero raises its score
     crafted = torch.zeros_like(weight)
-    crafted[tuple(pruned)] = -1e3
-    pruner.method.accumulate(name, torch.ones_like(weight), crafted)
+    crafted[pruned] = -1e3 * value.sign()
+    pruner.method.accumulate(name, torch.ones_like(weight) * value.abs(), crafted)
     assert pruner.update(2, opt)
-    assert pruner.masks[name][tuple(pruned)], "the pruned weight did not come back"
-    assert weight[tuple(pruned)] == 0.0  # it restarts from zero
+    assert pruner.masks[name][pruned], "the pruned weight did not come back"
+    assert weight[pruned] == value  # with the value it had, as behind the paper's mask
     assert pruner.module_sparsity()[name] == pytest.approx(pruner.sparsity, abs=0.005)
-    _step(pruner, opt, 2)
-    assert weight[tuple(pruned)] != 0.0  # and trains again
+    pruner.model(**BATCH).loss.backward()
+    pruner.after_backward()
+    assert weight.grad is not None and weight.grad[pruned] != 0.0  # and trains again: its gradient is kept
+
+
+class _Revivals(TrainerCallback):
+    """Counts entries that a mask update brings back."""
+
+    def __init__(self, pruner: Pruner) -> None:
+        self.pruner, self.count = pruner, 0
+        self.last = dict(pruner.masks.items())
+
+    def on_step_end(self, args, state, control, **kwargs):
+        masks = dict(self.pruner.masks.items())
+        self.count += sum(int((~self.last[n] & m).sum()) for n, m in masks.items())
+        self.last = masks
+
+
+@pytest.mark.parametrize("method", ["movement", "soft_movement"])
+def test_pruned_weights_regrow_in_a_trainer_run(tmp_path: Path, method: str) -> None:
+    model = tiny_classifier()
+    pruner = Pruner(model, PruningConfig(method=method, sparsity=0.6, frequency=2))
+    revivals = _Revivals(pruner)
+    args = tiny_training_args(tmp_path, 16, save_strategy="no", logging_steps=500)
+    trainer = Trainer(
+        model=model, args=args, train_dataset=tiny_dataset(), callbacks=[PruningCallback(pruner), revivals]
+    )
+    trainer.train()
+    assert revivals.count > 0  # scores of pruned weights kept moving and overtook kept ones
+    assert pruner.overall_sparsity() == pytest.approx(0.6, abs=0.005)
 
 
 # -- options ----------------------------------------------------------------------------------------
@@ -161,6 +190,15 @@ def test_bad_options_are_one_line_errors(method: str, options: dict) -> None:
     with pytest.raises(PrunebertError) as info:
         PruningConfig(method=method, options=options)
     assert "\n" not in str(info.value) and method in str(info.value)
+
+
+@pytest.mark.parametrize("method", ["movement", "soft_movement"])
+def test_schedule_defaults_warm_up_then_fix_the_masks(method: str) -> None:
+    config = PruningConfig(method=method)
+    assert (config.schedule, config.start_fraction, config.end_fraction) == ("cubic", 0.1, 0.8)
+    assert PruningConfig(method=method, start_fraction=0.0).start_fraction == 0.0  # a recipe overrides
+    magnitude = PruningConfig(method="magnitude")  # other methods' dumps (and reused runs) are unchanged
+    assert (magnitude.start_fraction, magnitude.end_fraction) == (0.0, 0.75)
 
 
 def test_option_defaults_and_int_coercion() -> None:
@@ -191,7 +229,7 @@ def test_checkpoint_scores_resume_to_the_same_masks(tmp_path: Path, method: str)
     cut = _train(tmp_path / "cut", method, stop_at=4)
     checkpoint = tmp_path / "cut" / "checkpoint-4"
     saved = load_file(str(checkpoint / METHOD_STATE_FILE))
-    assert set(saved) == {f"scores.{n}" for n in cut.masks}
+    assert set(saved) == {f"{kind}.{n}" for n in cut.masks for kind in ("scores", "shadow")}
     assert all(torch.equal(saved[k], v) for k, v in cut.method.state_dict().items())
     assert all(v.abs().sum() > 0 for v in saved.values())
     resumed = _train(tmp_path / "cut", method, resume=str(checkpoint))

@@ -77,13 +77,18 @@ def _launch_two(argv: list[str]) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["finetune", "pretrain"])
+@pytest.mark.parametrize(
+    ("stage", "method"),
+    # movement reads the all-reduced gradients of pruned entries too, then masks them
+    [("finetune", "magnitude"), ("pretrain", "magnitude"), ("finetune", "movement")],
+)
 def test_two_processes_decide_masks_once_and_match_one_process(
-    workspace: Path, tmp_path: Path, stage: str
+    workspace: Path, tmp_path: Path, stage: str, method: str
 ) -> None:
     one, two = tmp_path / "one", tmp_path / "two"
-    assert main(_argv(stage, workspace, one, 8)) == 0  # the same global batch in one process
-    done = _launch_two(_argv(stage, workspace, two, 4))
+    method_args = ["--pruning.method", method]
+    assert main([*_argv(stage, workspace, one, 8), *method_args]) == 0  # the same global batch, one process
+    done = _launch_two([*_argv(stage, workspace, two, 4), *method_args])
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count('"stage"') == 1  # one summary, from rank 0
 

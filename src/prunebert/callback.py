@@ -56,7 +56,8 @@ class PruningCallback(TrainerCallback):
     def on_pre_optimizer_step(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        """Gradients of this step are complete: let the method read them."""
+        """Gradients of this step are complete (and clipped): let the method read them; for movement
+        pruning the pruner then masks them (the hooks left the pruned entries' gradients for it)."""
         self.pruner.after_backward()
 
     def on_optimizer_step(

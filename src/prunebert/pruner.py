@@ -5,14 +5,19 @@ Use it like an optimizer (`PruningCallback` does this for the HF Trainer):
     pruner = Pruner(model, PruningConfig(method="magnitude", sparsity=0.4))
     pruner.start(total_steps)                      # builds the schedule, masks gradients
     for step in range(total_steps):
-        loss.backward(); pruner.after_backward()   # (after gradient clipping, if any)
+        loss.backward(); pruner.after_backward()   # after gradient clipping, if any; before the step
         optimizer.step(); pruner.after_optimizer_step(optimizer, lr)
         pruner.update(step + 1, optimizer)         # new masks when the schedule says so
     pruner.bake()                                  # zeros stay in the weights; hooks removed
 
 Invariant: after `after_optimizer_step` and `update`, every pruned weight is exactly 0.0, and its
-gradient and optimizer moments are 0 too, so AdamW (weight decay, momentum), gradient accumulation,
-clipping and mixed precision cannot move it.
+gradient (from `after_backward` on) and optimizer moments are 0 too, so AdamW (weight decay, momentum),
+gradient accumulation, clipping and mixed precision cannot move it.
+
+Gradients are masked as they are computed (a hook per weight), except for methods that read the pruned
+entries' gradients (`needs_pruned_gradients`, movement pruning's straight-through estimator): for them
+`after_backward` masks `weight.grad` after the method has read it, so it must run before every
+optimizer step, and gradient clipping (which runs before it) sees the pruned entries' gradients too.
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ class Pruner:
         self.sparsity = 0.0  # the schedule's value at the last update
         self.history: list[tuple[int, float]] = []
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+        self._gradients_masked = False  # by `after_backward`, for methods that read pruned gradients
 
     # -- the weights -------------------------------------------------------------------------------
     def _pairs(self) -> list[tuple[Target, nn.Parameter]]:
@@ -93,11 +99,13 @@ class Pruner:
         self.attach()
 
     def attach(self) -> None:
-        """Mask each gradient as it is computed: clipping and optimizer moments never see pruned entries."""
+        """Mask each gradient as it is computed: clipping and optimizer moments never see pruned entries
+        (for a method that reads pruned gradients, `after_backward` masks them instead)."""
         self.detach()
         for name, weight in self.weights().items():
             self.masks[name] = self.masks[name].to(weight.device)
-            self._hooks.append(weight.register_hook(lambda g, n=name: g * self.masks[n]))
+            if not self.method.needs_pruned_gradients:
+                self._hooks.append(weight.register_hook(lambda g, n=name: g * self.masks[n]))
 
     def detach(self) -> None:
         """Remove the gradient hooks."""
@@ -121,11 +129,29 @@ class Pruner:
             weight.masked_fill_(~self.masks[name], 0.0)
 
     def after_backward(self) -> None:
-        """Let the method read gradients (e.g. movement scores) once per optimizer step."""
-        self.method.after_backward(self.weights())
+        """Let the method read gradients (e.g. movement scores) once per optimizer step, then mask the
+        pruned entries' gradients if the hooks left them for the method."""
+        weights = self.weights()
+        self.method.after_backward(weights)
+        if self.method.needs_pruned_gradients:
+            self._mask_gradients(weights)
+
+    @torch.no_grad()
+    def _mask_gradients(self, weights: Mapping[str, nn.Parameter]) -> None:
+        """Zero the pruned entries of every target's gradient, in place (the optimizer reads these)."""
+        for name, weight in weights.items():
+            if weight.grad is not None:
+                weight.grad.masked_fill_(~self.masks[name].to(weight.grad.device), 0.0)
+        self._gradients_masked = True
 
     def after_optimizer_step(self, optimizer: torch.optim.Optimizer | None = None, lr: float = 0.0) -> None:
         """Run the method's post-step work (e.g. a proximal step), then re-apply the masks."""
+        if self.method.needs_pruned_gradients and not self._gradients_masked:
+            raise PrunebertError(
+                f"{self.method.name} pruning needs pruner.after_backward() between loss.backward() and "
+                "optimizer.step() (it reads, then masks, the gradients); PruningCallback calls it"
+            )
+        self._gradients_masked = False
         self.method.after_optimizer_step(self.weights(), lr)
         self.enforce()
 
@@ -135,7 +161,9 @@ class Pruner:
         target = self.schedule.sparsity_at(step)
         if isinstance(self.schedule, Fixed) or target == self.sparsity:
             return False
-        self._set_masks(broadcast_masks(self._choose(target)))  # decided once: rank 0's choice
+        masks = broadcast_masks(self._choose(target))  # decided once: rank 0's choice
+        self.method.on_masks_changing(self.masks, masks, self.weights())  # weights not yet re-zeroed
+        self._set_masks(masks)
         self.sparsity = target
         self.history.append((step, target))
         self._clear_optimizer_state(optimizer)

@@ -53,6 +53,10 @@ class PruningMethod:
     #: masks come in whole groups (heads, neurons): `select` also picks the final masks, because the
     #: pruner's per-weight top-k could split a group at the boundary
     structured: ClassVar[bool] = False
+    #: `after_backward` reads the gradients of pruned entries too (dL/dW', the straight-through
+    #: estimator): the pruner masks gradients in its own `after_backward`, after the method, instead of
+    #: as they are computed, so clipping and the logged gradient norm include the pruned entries
+    needs_pruned_gradients: ClassVar[bool] = False
 
     def __init__(self, options: MethodOptions, seed: int = 0) -> None:
         self.options = options
@@ -70,10 +74,22 @@ class PruningMethod:
         return None
 
     def after_backward(self, weights: Mapping[str, torch.Tensor]) -> None:
-        """Once per optimizer step, with final gradients (accumulated, all-reduced, unscaled, clipped)."""
+        """Once per optimizer step, with final gradients (accumulated, all-reduced, unscaled, clipped).
+
+        Pruned entries' gradients are 0 unless `needs_pruned_gradients` is set; then they are dL/dW'.
+        """
 
     def after_optimizer_step(self, weights: Mapping[str, torch.Tensor], lr: float) -> None:
         """Called after each optimizer step, before masks are re-applied."""
+
+    def on_masks_changing(
+        self,
+        old: Mapping[str, torch.Tensor],
+        new: Mapping[str, torch.Tensor],
+        weights: Mapping[str, torch.Tensor],
+    ) -> None:
+        """Called by a mask update before the new masks are applied: the weights about to be pruned
+        still hold their values (e.g. movement keeps them to restore when they regrow)."""
 
     def on_masks_updated(self, sparsity: float, final: bool) -> None:
         """Called after the pruner set new masks; `final` once the target sparsity is reached."""
