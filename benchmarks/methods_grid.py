@@ -71,9 +71,10 @@ def run_cell(recipe: dict[str, Any]) -> dict[str, Any]:
 
 
 def summarise(result: dict[str, Any], dense_test: float | None) -> dict[str, Any]:
-    """The row of the table for one finished cell."""
+    """The row of the table for one finished cell, with the pruning settings it ran with."""
     test = result["metrics"]["test"]["accuracy"]
     return {
+        "pruning": result["recipe"]["pruning"],
         "test_accuracy": test,
         "dev_accuracy": result["metrics"]["dev"]["accuracy"],
         "ratio_to_dense": test / dense_test if dense_test else 1.0,
@@ -98,14 +99,25 @@ def write_table(
     write_results(args.output, "methods_grid", base_recipe(args), cells, complete, started)
 
 
+def cell_pruning(args: argparse.Namespace, method: str, sparsity: float) -> dict[str, Any] | None:
+    """The full pruning settings of a cell, every method default resolved (None for dense)."""
+    if method == "dense":
+        return None
+    recipe = cell_recipe(args, method, sparsity, args.runs / "dense")
+    pruning: dict[str, Any] = FinetuneConfig.model_validate(recipe).model_dump(mode="json")["pruning"]
+    return pruning
+
+
 def committed_rows(args: argparse.Namespace) -> dict[tuple[str, float], dict[str, Any]]:
-    """Cells already in the output JSON with the same settings: a fresh clone does not re-run them."""
+    """Cells already in the output JSON with the same settings: a fresh clone does not re-run them. A
+    cell whose method's defaults have changed since (its recorded pruning settings differ) is re-run."""
     if not args.output.is_file():
         return {}
     table = json.loads(args.output.read_text())
     if table.get("settings") != base_recipe(args):
         return {}
-    return {(row["method"], float(row["sparsity"])): row for row in table["cells"]}
+    rows = {(row["method"], float(row["sparsity"])): row for row in table["cells"]}
+    return {key: row for key, row in rows.items() if row.get("pruning") == cell_pruning(args, *key)}
 
 
 def markdown_table(path: Path) -> str:

@@ -24,12 +24,17 @@ def scripts(monkeypatch: pytest.MonkeyPatch) -> tuple[ModuleType, ModuleType]:
 def _grid_args(output: Path, methods: list[str], sparsities: list[float]) -> argparse.Namespace:
     return argparse.Namespace(
         output=output, methods=methods, sparsities=sparsities, max_train_examples=4000, epochs=2.0,
-        learning_rate=1e-4, model=None, task=None, max_steps=None,
+        learning_rate=1e-4, model=None, task=None, max_steps=None, runs=output.parent / "runs",
     )  # fmt: skip
 
 
-def _row(method: str, sparsity: float) -> dict[str, object]:
-    return {"method": method, "sparsity": sparsity, "test_accuracy": 0.5}
+def _row(method: str, sparsity: float, grid: ModuleType | None = None) -> dict[str, object]:
+    """A finished cell as the grid records it (with its resolved pruning settings when `grid` is given)."""
+    row: dict[str, object] = {"method": method, "sparsity": sparsity, "test_accuracy": 0.5}
+    if grid is not None:
+        args = _grid_args(Path("unused.json"), [], [])
+        row["pruning"] = grid.cell_pruning(args, method, sparsity)
+    return row
 
 
 def test_methods_grid_subset_run_keeps_the_other_cells(
@@ -37,7 +42,7 @@ def test_methods_grid_subset_run_keeps_the_other_cells(
 ) -> None:
     grid, _ = scripts
     out = tmp_path / "grid.json"
-    every = [_row("dense", 0.0)] + [_row(m, s) for m in grid.METHODS for s in grid.SPARSITIES]
+    every = [_row("dense", 0.0, grid)] + [_row(m, s, grid) for m in grid.METHODS for s in grid.SPARSITIES]
     everything = _grid_args(out, list(grid.METHODS), list(grid.SPARSITIES))
     grid.write_table(everything, every[:3], {}, 0.0)
     assert json.loads(out.read_text())["complete"] is False
@@ -48,7 +53,7 @@ def test_methods_grid_subset_run_keeps_the_other_cells(
     subset = _grid_args(out, ["magnitude"], [0.5])
     known = grid.committed_rows(subset)
     assert len(known) == len(every)
-    grid.write_table(subset, [every[0], {**_row("magnitude", 0.5), "test_accuracy": 0.9}], known, 0.0)
+    grid.write_table(subset, [every[0], {**_row("magnitude", 0.5, grid), "test_accuracy": 0.9}], known, 0.0)
     table = json.loads(out.read_text())
     cells = {(c["method"], c["sparsity"]): c["test_accuracy"] for c in table["cells"]}
     assert len(cells) == len(every) and table["complete"] is True
@@ -67,3 +72,15 @@ def test_fixed_attention_subset_run_keeps_the_other_cells(
     table = json.loads((tmp_path / "fa.json").read_text())
     assert [c["fixed_heads_per_layer"] for c in table["cells"]] == list(fixed.HEADS)
     assert table["cells"][1]["test_accuracy"] == 0.7 and table["complete"] is True
+
+
+def test_methods_grid_reruns_a_cell_whose_method_defaults_changed(
+    scripts: tuple[ModuleType, ModuleType], tmp_path: Path
+) -> None:
+    grid, _ = scripts
+    args = _grid_args(tmp_path / "grid.json", list(grid.METHODS), list(grid.SPARSITIES))
+    stale = {**_row("movement", 0.9, grid), "pruning": {**grid.cell_pruning(args, "movement", 0.9)}}
+    stale["pruning"]["start_fraction"] = 0.0  # recorded before movement's warm-up default
+    rows = [_row("dense", 0.0, grid), _row("magnitude", 0.9, grid), stale, _row("nip", 0.5)]  # nip: no record
+    grid.write_table(args, rows, {}, 0.0)
+    assert set(grid.committed_rows(args)) == {("dense", 0.0), ("magnitude", 0.9)}
