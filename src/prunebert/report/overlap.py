@@ -77,7 +77,7 @@ def mask_overlap(res: StudyResults, method: str, out: Path) -> Section:
                     chance = f"{sparsity / (2 - sparsity):.2f}"
                     table.append([f"{sparsity:.0%}", names[i], names[j], f"{matrix[i, j]:.3f}", chance])
         chance = sparsity / (2 - sparsity)
-        ax.set_title(f"{method}, {sparsity:.0%} sparsity (chance overlap {chance:.2f})", fontsize=11)
+        ax.set_title(f"{method}, {sparsity:.0%} sparsity\n(chance overlap {chance:.2f})", fontsize=11)
         fig.colorbar(image, ax=ax, shrink=0.8, label="Jaccard index of pruned weights")
     fig.savefig(out, dpi=130)
     note = (
