@@ -23,7 +23,10 @@ from typing import Any
 from methods_grid import base_recipe
 from prunebert.stages.finetune import FinetuneConfig
 from prunebert.stages.runner import run_or_reuse
-from results_table import write_results  # benchmarks/results_table.py: the script's folder is on sys.path
+from results_table import (  # benchmarks/results_table.py: the script's folder is on sys.path
+    with_committed,
+    write_results,
+)
 
 ROOT = Path(__file__).resolve().parent
 HEADS = (0, 4, 8, 12)
@@ -62,17 +65,18 @@ def summarise(result: dict[str, Any], heads: int, dense_test: float | None) -> d
     }
 
 
+def fixed_heads(row: dict[str, Any]) -> int:
+    """A table row's key: its number of fixed heads per layer."""
+    return int(row["fixed_heads_per_layer"])
+
+
 def write_table(
     args: argparse.Namespace, rows: list[dict[str, Any]], known: dict[int, dict[str, Any]], started: float
 ) -> None:
     """Rewrite the JSON table with every finished cell so far, keeping committed cells of other head
     counts (a run of some of them must not drop the rest)."""
-    done = {int(row["fixed_heads_per_layer"]) for row in rows}
-    cells = sorted(
-        rows + [row for heads, row in known.items() if heads not in done],
-        key=lambda row: int(row["fixed_heads_per_layer"]),
-    )
-    complete = set(HEADS) <= done | set(known)
+    cells, complete = with_committed(rows, known, fixed_heads, HEADS)
+    cells.sort(key=fixed_heads)
     write_results(args.output, "fixed_attention", settings(args), cells, complete, started)
 
 
@@ -83,7 +87,7 @@ def committed_rows(args: argparse.Namespace) -> dict[int, dict[str, Any]]:
     table = json.loads(args.output.read_text())
     if table.get("settings") != settings(args):
         return {}
-    return {int(row["fixed_heads_per_layer"]): row for row in table["cells"]}
+    return {fixed_heads(row): row for row in table["cells"]}
 
 
 def main() -> None:

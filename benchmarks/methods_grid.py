@@ -19,7 +19,10 @@ from typing import Any
 
 from prunebert.stages.finetune import FinetuneConfig
 from prunebert.stages.runner import run_or_reuse
-from results_table import write_results  # benchmarks/results_table.py: the script's folder is on sys.path
+from results_table import (  # benchmarks/results_table.py: the script's folder is on sys.path
+    with_committed,
+    write_results,
+)
 
 ROOT = Path(__file__).resolve().parent
 METHODS: dict[str, dict[str, Any]] = {
@@ -93,9 +96,8 @@ def write_table(
 ) -> None:
     """Rewrite the JSON table with every finished cell so far, keeping committed cells of other
     methods / sparsities (a run of a subset of the grid must not drop the rest)."""
-    done = {(row["method"], float(row["sparsity"])) for row in rows}
-    cells = rows + [row for key, row in known.items() if key not in done]
-    complete = {(m, float(s)) for m in METHODS for s in SPARSITIES} <= done | set(known)
+    every = [(m, float(s)) for m in METHODS for s in SPARSITIES]
+    cells, complete = with_committed(rows, known, lambda row: (row["method"], float(row["sparsity"])), every)
     write_results(args.output, "methods_grid", base_recipe(args), cells, complete, started)
 
 

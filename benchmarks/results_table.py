@@ -6,10 +6,13 @@ import json
 import shlex
 import sys
 import time
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from prunebert.stages.common import environment
+
+Key = TypeVar("Key", bound=Hashable)
 
 
 def write_results(
@@ -32,3 +35,16 @@ def write_results(
     }
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(table, indent=2) + "\n")
+
+
+def with_committed(
+    rows: list[dict[str, Any]],
+    known: Mapping[Key, dict[str, Any]],
+    key: Callable[[dict[str, Any]], Key],
+    expected: Iterable[Key],
+) -> tuple[list[dict[str, Any]], bool]:
+    """`rows` plus the committed cells they did not redo (a run of part of a grid must not drop the
+    rest), and whether every `expected` cell is now in."""
+    done = {key(row) for row in rows}
+    cells = rows + [row for k, row in known.items() if k not in done]
+    return cells, set(expected) <= done | set(known)
