@@ -28,10 +28,10 @@ from prunebert.models import load_model, save_pruned
 from prunebert.pruner import Pruner
 from prunebert.slim import layer_count
 from prunebert.structure import encoder_layers
-from tiny import tiny_config, write_workspace
+from tiny import PADDED_MASK, padded_ids, tiny_config, write_workspace
 
-IDS = torch.randint(5, 128, (3, 11), generator=torch.Generator().manual_seed(3))
-MASK = torch.tensor([[1] * 11, [1] * 7 + [0] * 4, [1] * 3 + [0] * 8])
+IDS = padded_ids()
+MASK = PADDED_MASK
 LABELS = torch.tensor([0, 1, 0])
 
 

@@ -34,10 +34,10 @@ from prunebert.pruner import Pruner
 from prunebert.slim import SLIM_KEY, load_slim, plan_slim, slim_model
 from prunebert.structure import encoder_layers
 from prunebert.targets import find_targets
-from tiny import tiny_config, write_workspace
+from tiny import PADDED_MASK, padded_ids, tiny_config, write_workspace
 
-IDS = torch.randint(5, 128, (3, 11), generator=torch.Generator().manual_seed(3))
-MASK = torch.tensor([[1] * 11, [1] * 7 + [0] * 4, [1] * 3 + [0] * 8])
+IDS = padded_ids()
+MASK = PADDED_MASK
 FFN = re.compile(r"(\d\.output\.dense|intermediate\.dense|ffn\.lin[12])$")  # BERT, DistilBERT
 
 

@@ -32,10 +32,10 @@ from prunebert.slim import (
 )
 from prunebert.structure import group_sets
 from prunebert.targets import find_targets
-from tiny import tiny_classifier, tiny_config, tiny_mlm, write_workspace
+from tiny import PADDED_MASK, padded_ids, tiny_classifier, tiny_config, tiny_mlm, write_workspace
 
-IDS = torch.randint(0, 128, (3, 11), generator=torch.Generator().manual_seed(3))
-MASK = torch.tensor([[1] * 11, [1] * 7 + [0] * 4, [1] * 3 + [0] * 8])
+IDS = padded_ids(0)
+MASK = PADDED_MASK
 MODEL_TYPES = ["bert", "roberta", "distilbert", "electra"]
 
 

@@ -27,6 +27,14 @@ from conftest import TINY_WORDS
 
 SIZES = {"hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 64, "num_hidden_layers": 2}
 DISTIL_SIZES = {"dim": 32, "n_heads": 4, "hidden_dim": 64, "n_layers": 2}
+#: attention mask of a 3 x 11 batch whose last two sequences are padded (7 and 3 real tokens): what a
+#: model must treat the same before and after slimming, skipping or factorising
+PADDED_MASK = torch.tensor([[1] * 11, [1] * 7 + [0] * 4, [1] * 3 + [0] * 8])
+
+
+def padded_ids(low: int = 5) -> torch.Tensor:
+    """Seeded token ids in [low, 128) for the batch of `PADDED_MASK`."""
+    return torch.randint(low, 128, tuple(PADDED_MASK.shape), generator=torch.Generator().manual_seed(3))
 
 
 def tiny_config(model_type: str = "bert", vocab_size: int = 128, **extra: object) -> PretrainedConfig:
