@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -93,6 +94,18 @@ def _assert_tracks(fp32: Runner, int8: Runner, names: list[str]) -> None:
     assert np.corrcoef(reference.ravel(), quantized.ravel())[0, 1] > 0.7
 
 
+def _assert_u8s8(graph: Any) -> None:
+    """Static int8 is U8S8: activations quantized to uint8, weights to int8 (symmetric int8 activations
+    cost the fine-tuned minilm-l6 3.8 test points and ran slower than fp32)."""
+    from onnx import TensorProto
+
+    types = {i.name: i.data_type for i in graph.initializer}
+    quantize = [n for n in graph.node if n.op_type == "QuantizeLinear"]
+    weights = [n for n in graph.node if n.op_type == "DequantizeLinear" and types.get(n.input[0])]
+    assert quantize and all(types[n.input[2]] == TensorProto.UINT8 for n in quantize)
+    assert len(weights) >= 6 and all(types[n.input[0]] == TensorProto.INT8 for n in weights)
+
+
 @needs_onnx
 def test_onnx_classifier_matches_pytorch_and_int8_is_scored(workspace: Path, tmp_path: Path) -> None:
     out = tmp_path / "onnx"
@@ -111,8 +124,7 @@ def test_onnx_classifier_matches_pytorch_and_int8_is_scored(workspace: Path, tmp
         x = _inputs(manifest["inputs"], batch, seq, seed)
         assert np.abs(fp32(x) - _torch_out(reference, x, "logits")).max() <= 1e-4
     _assert_tracks(fp32, int8, manifest["inputs"])
-    ops = {node.op_type for node in onnx.load(str(out / "model.int8.onnx")).graph.node}
-    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    _assert_u8s8(onnx.load(str(out / "model.int8.onnx")).graph)
     accuracy = manifest["accuracy"]
     assert accuracy["split"] == "test" and accuracy["examples"] == 8  # 10% of 80 rows
     assert set(accuracy["scores"]) == {"torch_fp32", "onnx_fp32", "onnx_int8"}

