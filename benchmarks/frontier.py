@@ -3,8 +3,9 @@ int8 / bf16: per point, test accuracy, CPU speedup over the dense fp32 model (ba
 
 The teacher is methods_grid.py's dense cell (minilm-l6 fine-tuned on rotten-tomatoes with its `base_recipe`).
 A point `LxS` is an ordinary `finetune` run distilled from it: L encoder layers (fewer than the teacher's:
-the teacher with evenly spaced layers removed by `prunebert slim`, 1, 3 and 5 of 6 for L = 3) pruned to
-structured sparsity S (heads and FFN neurons by Taylor importance, iterative schedule), then slimmed. Every
+the teacher with evenly spaced layers removed by `prunebert slim`, 2 and 5 of 6 for L = 4, 1, 3 and 5 for
+L = 3) pruned to structured sparsity S (heads and FFN neurons by Taylor importance, iterative schedule),
+then slimmed. Every
 model is scored on the whole test split in torch fp32 / bf16 / int8 and, exported (static int8 calibrated on
 the task), in ONNX Runtime and OpenVINO; then all are timed by one `prunebert bench` against the dense torch
 fp32 teacher (batch 1 and 8, sequence 128). A random-weight bert-base cut to each point's structure (the
@@ -52,7 +53,7 @@ from prunebert.torch_variants import prepare_torch_variant
 from results_table import write_results
 
 ROOT = Path(__file__).resolve().parent
-POINTS = ("6x0.3", "6x0.5", "6x0.7", "3x0.0", "3x0.5")
+POINTS = ("6x0.3", "6x0.5", "6x0.6", "6x0.7", "4x0.0", "4x0.3", "4x0.5", "3x0.0", "3x0.5", "3x0.7")
 VARIANTS = ("torch", "torch-bf16", "torch-int8", "onnxruntime-int8", "openvino-int8")
 TORCH_PRECISIONS = {"torch": "fp32", "torch-bf16": "bf16", "torch-int8": "int8"}
 EXPORTED = {"onnx_fp32": "onnxruntime", "onnx_int8": "onnxruntime-int8", "openvino_fp32": "openvino"}
