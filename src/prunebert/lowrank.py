@@ -29,7 +29,7 @@ weights; plain `from_pretrained` cannot (the shapes differ from the config's).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -99,6 +99,10 @@ class LowRankLinear(nn.Module):
         self.weight = _empty(rank, like=w)  # g: (r,)
         self.right = _empty(rank, self.in_features, like=w)  # Q: (r, in)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone())
+        #: optional gates on the components, called at every forward with the module: (r,) z, and then
+        #: y = P ((g * z) * (Q x)) + b (lowrank_l0's Hard Concrete gates). Not a parameter or buffer, so
+        #: never saved: the method folds z into g before the model is saved or slimmed. None: plain g.
+        self.gate: Callable[[LowRankLinear], torch.Tensor] | None = None
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> LowRankLinear:
@@ -111,8 +115,9 @@ class LowRankLinear(nn.Module):
         return module.train(linear.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., in) -> (..., out) through the r components."""
-        return F.linear(F.linear(x, self.right) * self.weight, self.left, self.bias)  # (..., r) inside
+        """(..., in) -> (..., out) through the r components (each g_k times its gate z_k, if gated)."""
+        diagonal = self.weight if self.gate is None else self.weight * self.gate(self)
+        return F.linear(F.linear(x, self.right) * diagonal, self.left, self.bias)  # (..., r) inside
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.weight.numel()}"
@@ -260,6 +265,8 @@ def renumber_lowrank(model: nn.Module, layers_name: str, kept: list[int]) -> Non
 @torch.no_grad()
 def _deployed(module: LowRankLinear) -> tuple[nn.Module, int]:
     """The kept components as a SplitLinear when that is smaller, else one dense Linear; and their number."""
+    if module.gate is not None:
+        raise PrunebertError("gated low-rank module: bake the pruner (it folds the gates) before slimming")
     kept = module.weight.detach().ne(0).nonzero().flatten()
     left, diagonal, right = module.left[:, kept], module.weight[kept], module.right[kept]
     out_features, in_features, rank = module.out_features, module.in_features, kept.numel()

@@ -4,6 +4,7 @@ from prunebert.methods import (  # noqa: F401  (registers them)
     gates,
     layerdrop,
     lowrank,
+    lowrank_l0,
     magnitude,
     movement,
     nip,

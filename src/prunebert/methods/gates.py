@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from prunebert.methods.base import MethodOptions
+from prunebert.methods.base import MethodOptions, PruningMethod
 from prunebert.methods.registry import register_method
 from prunebert.methods.structured import GroupPruning
 from prunebert.structure import GroupSet
@@ -40,7 +40,18 @@ from prunebert.targets import Target
 if TYPE_CHECKING:
     from prunebert.config import PruningConfig
 
-__all__ = ["GateOptions", "GatePruning", "adam_update", "hard_concrete", "l0_gradient", "open_probability"]
+__all__ = [
+    "GateOptions",
+    "GatePruning",
+    "GateTensors",
+    "GatedMethod",
+    "LearnedGateOptions",
+    "adam_update",
+    "check_number",
+    "hard_concrete",
+    "l0_gradient",
+    "open_probability",
+]
 
 BETA, GAMMA, ZETA = 2.0 / 3.0, -0.1, 1.1  # Louizos et al. 2018's temperature and stretch
 
@@ -75,30 +86,167 @@ def adam_update(
     return param - lr * m_hat / (v_hat.sqrt() + 1e-8), m, v
 
 
-def _check(name: str, value: object, low: float, strict: bool) -> float:
+def check_number(name: str, value: object, low: float, strict: bool) -> float:
+    """`value` as a float if a finite number above `low` (or equal, unless `strict`); else ValueError."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or (value <= low if strict else value < low):  # type: ignore[operator]
         raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {low}, got {value!r}")
     return float(value)  # type: ignore[arg-type]
 
 
-@dataclass(frozen=True)
-class GateOptions(MethodOptions):
-    """lam: L0 penalty per open gate (loss units); lr_gates: Adam step size on log_alpha; init: its start."""
+class GateTensors:
+    """Hard Concrete log_alpha tensors by key, outside any model's state dict, with their own Adam step.
 
-    lam: float = 0.01
+    Each log_alpha is a float32 leaf that collects its task gradient in the model's backward; once per
+    optimizer step `task_gradients` reads (and averages over processes) those gradients, the method adds
+    its penalty's and `step` takes one Adam step on every log_alpha.
+    """
+
+    def __init__(self, init: float, lr: float) -> None:
+        self.init, self.lr = init, lr
+        self.log_alpha: dict[str, torch.Tensor] = {}  # key -> (n,) float32 leaf, requires_grad
+        self.moments: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.steps = 0
+
+    def add(self, key: str, size: int, device: torch.device) -> None:
+        """`size` gates under `key`, every log_alpha at `init`."""
+        alpha = torch.full((size,), self.init, device=device)
+        self.log_alpha[key] = alpha.requires_grad_()
+        self.moments[key] = (torch.zeros_like(alpha), torch.zeros_like(alpha))
+
+    def get(self, key: str, device: torch.device) -> torch.Tensor:
+        """log_alpha of `key`, moved (as the same leaf) to where the model now runs."""
+        alpha = self.log_alpha[key]
+        if alpha.device != device:
+            alpha.data = alpha.data.to(device)
+        return alpha
+
+    def sample(self, key: str, device: torch.device, training: bool) -> torch.Tensor:
+        """The gates z of `key`: Hard Concrete samples in training, the evaluation gates otherwise."""
+        alpha = self.get(key, device)
+        u = torch.rand(alpha.shape, device=device).clamp(1e-6, 1 - 1e-6) if training else None
+        return hard_concrete(alpha, u)
+
+    @torch.no_grad()
+    def task_gradients(self) -> dict[str, torch.Tensor]:
+        """Each log_alpha's gradient from the model's backward (zeros if none), averaged over processes."""
+        grads = {}
+        for key, alpha in self.log_alpha.items():
+            grad = alpha.grad if alpha.grad is not None else torch.zeros_like(alpha)
+            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                dist.all_reduce(grad)  # every rank keeps the same gates
+                grad /= dist.get_world_size()
+            grads[key] = grad
+        return grads
+
+    @torch.no_grad()
+    def step(self, grads: Mapping[str, torch.Tensor]) -> None:
+        """One Adam step on every log_alpha along `grads` (by key); clears their `.grad`."""
+        self.steps += 1
+        for key, alpha in self.log_alpha.items():
+            m, v = (t.to(alpha.device) for t in self.moments[key])
+            new, m, v = adam_update(alpha, grads[key], m, v, self.steps, self.lr)
+            alpha.copy_(new)
+            alpha.grad = None
+            self.moments[key] = (m, v)
+
+    def open_fraction(self) -> float:
+        """Mean P(z != 0) over every gate."""
+        probability = torch.cat([open_probability(a.detach().cpu()) for a in self.log_alpha.values()])
+        return float(probability.mean())
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Every log_alpha, its Adam moments and the step count."""
+        state = {"steps": torch.tensor(self.steps)}
+        for key, alpha in self.log_alpha.items():
+            m, v = self.moments[key]
+            state.update({f"log_alpha.{key}": alpha.detach(), f"adam_m.{key}": m, f"adam_v.{key}": v})
+        return state
+
+    @torch.no_grad()
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Restore what `state_dict` returned (the same keys must have been added)."""
+        self.steps = int(state["steps"].item())
+        for key, alpha in self.log_alpha.items():
+            alpha.copy_(state[f"log_alpha.{key}"])
+            self.moments[key] = (state[f"adam_m.{key}"].clone(), state[f"adam_v.{key}"].clone())
+
+
+@dataclass(frozen=True)
+class LearnedGateOptions(MethodOptions):
+    """What every method with `GateTensors` takes: lr_gates, their Adam step size; init, log_alpha's start."""
+
     lr_gates: float = 0.05
     #: 3.0 starts every gate open (evaluation gate 1.0, training samples almost always 1.0)
     init: float = 3.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "lam", _check("lam", self.lam, 0.0, strict=False))
-        object.__setattr__(self, "lr_gates", _check("lr_gates", self.lr_gates, 0.0, strict=True))
-        object.__setattr__(self, "init", _check("init", self.init, -math.inf, strict=True))
+        object.__setattr__(self, "lr_gates", check_number("lr_gates", self.lr_gates, 0.0, strict=True))
+        object.__setattr__(self, "init", check_number("init", self.init, -math.inf, strict=True))
+
+
+@dataclass(frozen=True)
+class GateOptions(LearnedGateOptions):
+    """lam: L0 penalty per open gate (loss units); lr_gates: Adam step size on log_alpha; init: its start."""
+
+    lam: float = 0.01
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "lam", check_number("lam", self.lam, 0.0, strict=False))
+
+
+class GatedMethod(PruningMethod):
+    """A method that learns `GateTensors` (options: `LearnedGateOptions`) and ends by folding them.
+
+    A subclass gates its modules in `bind`, writes the evaluation gates into the weights in `_fold` and
+    removes the gating in `_ungate`: at the final masks (or `Pruner.bake`) `finalize` does both, once.
+    Checkpoints carry the gates, their Adam moments and step count, and whether they are folded yet.
+    """
+
+    def __init__(self, options: MethodOptions, seed: int = 0) -> None:
+        super().__init__(options, seed)
+        assert isinstance(options, LearnedGateOptions)
+        self.gates = GateTensors(options.init, options.lr_gates)
+        self.gated = True  # False once the gates are folded into the weights
+
+    def _fold(self) -> None:
+        """Multiply the weights by their evaluation gates."""
+        raise NotImplementedError
+
+    def _ungate(self) -> None:
+        """Remove the gating from the model."""
+        raise NotImplementedError
+
+    def on_masks_updated(self, sparsity: float, final: bool) -> None:
+        """At the final masks, fold the gates into the weights and stop gating."""
+        if final:
+            self.finalize()
+
+    @torch.no_grad()
+    def finalize(self) -> None:
+        """Fold the evaluation gates into the weights, then stop gating (idempotent)."""
+        if self.gated:
+            self._fold()
+            self._stop_gating()
+
+    def _stop_gating(self) -> None:
+        self._ungate()
+        self.gated = False
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Gates, their Adam moments, the step count and whether they are already folded."""
+        return {**self.gates.state_dict(), "gated": torch.tensor(self.gated)}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Restore what `state_dict` returned; a checkpoint taken after folding leaves the model ungated."""
+        self.gates.load_state_dict(state)
+        if self.gated and not bool(state["gated"].item()):
+            self._stop_gating()  # the checkpoint's weights already hold the folded gates
 
 
 @register_method("gates")
-class GatePruning(GroupPruning):
+class GatePruning(GatedMethod, GroupPruning):
     """Heads (and neurons, with FFN roles) ranked by learned Hard Concrete gates under an L0 penalty."""
 
     options_cls: ClassVar[type[MethodOptions]] = GateOptions
@@ -113,12 +261,18 @@ class GatePruning(GroupPruning):
         super().__init__(options, seed)
         assert isinstance(options, GateOptions)
         self.opts = options
-        self.log_alpha: dict[str, torch.Tensor] = {}  # set key -> (G,) float32 leaf, requires_grad
-        self._moments: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._modules: dict[str, nn.Module] = {}  # set key -> its output projection
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
-        self.steps = 0
-        self.gated = True  # False once the gates are folded into the weights
+
+    @property
+    def log_alpha(self) -> dict[str, torch.Tensor]:
+        """Set key -> (G,) log_alpha."""
+        return self.gates.log_alpha
+
+    @property
+    def steps(self) -> int:
+        """Gate steps taken."""
+        return self.gates.steps
 
     def bind(self, model: nn.Module, targets: Sequence[Target], config: PruningConfig) -> None:
         """One gate per group, applied by a forward pre-hook on each output projection."""
@@ -127,25 +281,13 @@ class GatePruning(GroupPruning):
             module = model.get_submodule(s.output.name)
             weight = module.weight
             assert isinstance(weight, torch.Tensor)
-            groups = weight.shape[1] // s.group_size
-            alpha = torch.full((groups,), self.opts.init, device=weight.device)
-            self.log_alpha[s.key] = alpha.requires_grad_()
-            self._moments[s.key] = (torch.zeros_like(alpha), torch.zeros_like(alpha))
+            self.gates.add(s.key, weight.shape[1] // s.group_size, weight.device)
             self._modules[s.key] = module
             self._hooks.append(module.register_forward_pre_hook(partial(self._gate, s)))
 
-    def _alpha(self, key: str, device: torch.device) -> torch.Tensor:
-        """log_alpha of `key`, moved (as the same leaf) to where the model now runs."""
-        alpha = self.log_alpha[key]
-        if alpha.device != device:
-            alpha.data = alpha.data.to(device)
-        return alpha
-
     def _gate(self, s: GroupSet, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
         x = args[0]  # (..., G * group_size): heads' context, or the FFN activations
-        alpha = self._alpha(s.key, x.device)
-        u = torch.rand(alpha.shape, device=x.device).clamp(1e-6, 1 - 1e-6) if module.training else None
-        z = hard_concrete(alpha, u).repeat_interleave(s.group_size)  # (G * group_size,)
+        z = self.gates.sample(s.key, x.device, module.training).repeat_interleave(s.group_size)
         return (x * z.to(x.dtype), *args[1:])
 
     @torch.no_grad()
@@ -153,67 +295,29 @@ class GatePruning(GroupPruning):
         """Adam step on every log_alpha: the task gradient plus the L0 penalty's."""
         if not self.gated:
             return
-        self.steps += 1
-        for key, alpha in self.log_alpha.items():
-            grad = alpha.grad if alpha.grad is not None else torch.zeros_like(alpha)
-            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-                dist.all_reduce(grad)  # every rank keeps the same gates
-                grad /= dist.get_world_size()
-            m, v = (t.to(alpha.device) for t in self._moments[key])
-            grad = grad + l0_gradient(alpha, self.opts.lam)
-            new, m, v = adam_update(alpha, grad, m, v, self.steps, self.opts.lr_gates)
-            alpha.copy_(new)
-            alpha.grad = None
-            self._moments[key] = (m, v)
+        grads = self.gates.task_gradients()
+        self.gates.step({k: g + l0_gradient(self.log_alpha[k], self.opts.lam) for k, g in grads.items()})
 
     def group_values(self, s: GroupSet, weight: torch.Tensor) -> torch.Tensor:
         """log_alpha: the more open a gate, the more its group is kept."""
         return self.log_alpha[s.key].detach().to(weight.device)
 
-    def on_masks_updated(self, sparsity: float, final: bool) -> None:
-        """At the final masks, fold the gates into the weights and stop gating."""
-        if final:
-            self.finalize()
+    def _fold(self) -> None:
+        """Scale each output column by its evaluation gate."""
+        for s in self.sets:
+            weight = self._modules[s.key].weight
+            assert isinstance(weight, torch.Tensor)
+            z = hard_concrete(self.log_alpha[s.key].detach().to(weight.device))
+            weight.mul_(z.repeat_interleave(s.group_size).to(weight.dtype))
 
-    @torch.no_grad()
-    def finalize(self) -> None:
-        """Scale each output column by its evaluation gate, then remove the hooks (idempotent)."""
-        if self.gated:
-            for s in self.sets:
-                weight = self._modules[s.key].weight
-                assert isinstance(weight, torch.Tensor)
-                z = hard_concrete(self.log_alpha[s.key].detach().to(weight.device))
-                weight.mul_(z.repeat_interleave(s.group_size).to(weight.dtype))
-        self._release()
-
-    def _release(self) -> None:
+    def _ungate(self) -> None:
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
-        self.gated = False
 
     def log_metrics(self) -> dict[str, float]:
         """`gates_open`: mean P(z != 0) while gating, plus the fraction of groups pruned."""
         metrics = super().log_metrics()
         if self.gated and self.log_alpha:
-            probability = torch.cat([open_probability(a.detach().cpu()) for a in self.log_alpha.values()])
-            metrics["gates_open"] = round(float(probability.mean()), 4)
+            metrics["gates_open"] = round(self.gates.open_fraction(), 4)
         return metrics
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """Gates, their Adam moments, the step count and whether they are already folded."""
-        state = {"steps": torch.tensor(self.steps), "gated": torch.tensor(self.gated)}
-        for key, alpha in self.log_alpha.items():
-            m, v = self._moments[key]
-            state.update({f"log_alpha.{key}": alpha.detach(), f"adam_m.{key}": m, f"adam_v.{key}": v})
-        return state
-
-    @torch.no_grad()
-    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Restore what `state_dict` returned; a checkpoint taken after folding leaves the model ungated."""
-        self.steps = int(state["steps"].item())
-        for key, alpha in self.log_alpha.items():
-            alpha.copy_(state[f"log_alpha.{key}"])
-            self._moments[key] = (state[f"adam_m.{key}"].clone(), state[f"adam_v.{key}"].clone())
-        if not bool(state["gated"].item()):
-            self._release()  # the checkpoint's weights already hold the folded gates

@@ -10,8 +10,9 @@ and no optimizer moments.
 Components are ranked by their size, the Frobenius norm |g_k| ||p_k|| ||q_k|| of g_k p_k q_k^T (the
 singular value at the start; unlike |g_k| alone it cannot be gamed by P and Q growing while g shrinks).
 The paper learns Hard Concrete gates on the components under an L0 penalty held at the target by an
-augmented Lagrangian; this method prunes by size on the pruner's schedule instead (default `cubic`,
-`scope: layer`: every matrix loses the same fraction of its rank).
+augmented Lagrangian: that is `lowrank_l0` (`prunebert.methods.lowrank_l0`, this factorisation plus the
+gates); this method prunes by size on the pruner's schedule instead (default `cubic`, `scope: layer`:
+every matrix loses the same fraction of its rank).
 
 The sparsity knob is the fraction of rank-1 components removed (of g's entries, the masked fraction
 the run reports). `prunebert slim` then keeps each matrix's r' survivors as two Linears in -> r' -> out
