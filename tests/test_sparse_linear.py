@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from torch import nn
 
-from prunebert import Pruner, PruningConfig
+from prunebert import Pruner, PruningConfig, sparse_linear
 from prunebert.errors import PrunebertError
 from prunebert.inference import TokenModel
 from prunebert.sparse_linear import CSRLinear, swap_csr_linears
@@ -74,6 +76,53 @@ def test_probe_threshold_decides(threshold: float, expect_swaps: bool) -> None:
     assert all(p.swapped is expect_swaps for p in probes)
     kinds = {type(module.get_submodule(p.name)) for p in probes}
     assert kinds == ({CSRLinear} if expect_swaps else {nn.Linear})
+
+
+class _Sleeps(nn.Module):
+    """A stand-in for the layer as it would otherwise run, taking `seconds` per call."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.seconds:
+            time.sleep(self.seconds)
+        return x
+
+
+@pytest.mark.parametrize(("seconds", "expect_swaps"), [(0.05, True), (0.0, False)])
+def test_csr_must_beat_the_layer_as_it_would_otherwise_run(seconds: float, expect_swaps: bool) -> None:
+    """Timed against `against(layer)`, not the fp32 layer: a 50 ms stand-in loses to CSR everywhere, a
+    free one wins everywhere (a CSR matmul of a 64-wide layer takes far over 0 s and far under 50 ms)."""
+    module = _pruned_model()
+    built: list[nn.Linear] = []
+
+    def against(linear: nn.Linear) -> nn.Module:
+        built.append(linear)
+        return _Sleeps(seconds)
+
+    probes = swap_csr_linears(module, tokens=16, threshold=1.1, repeats=1, against=against)
+    assert len(built) == 12 and all(type(linear) is nn.Linear for linear in built)
+    assert all(p.swapped is expect_swaps for p in probes)
+
+
+def test_csr_plus_int8_probes_csr_against_the_int8_twin(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`csr+int8` leaves a layer int8 where CSR is not faster, so CSR is timed against that int8 layer."""
+    seen: list[type] = []
+    probe = sparse_linear.probe_layer
+
+    def recording(linear: nn.Linear, tokens: int, repeats: int = 5, against=None):  # type: ignore[no-untyped-def]
+        seen.append(type(against(linear)) if against else type(linear))
+        return probe(linear, tokens, repeats, against)
+
+    monkeypatch.setattr(sparse_linear, "probe_layer", recording)
+    prepared = prepare_torch_variant(_pruned_model(), "csr+int8", tokens=16, csr=CSRSettings(repeats=1))
+    assert prepared.info["csr"]["against"] == "int8" and len(seen) == 12
+    assert all("quantized" in kind.__module__ for kind in seen)
+    seen.clear()
+    prepare_torch_variant(_pruned_model(), "csr", tokens=16, csr=CSRSettings(repeats=1))
+    assert seen == [nn.Linear] * 12
 
 
 def _max_diff(variant: str, module: TokenModel) -> tuple[float, float, nn.Module]:

@@ -3,8 +3,9 @@
 A dense kernel gains nothing from zeros. `torch.sparse_csr` matmul (MKL on x86 CPUs) skips them, but its
 per-nonzero cost is several times a dense FMA's, so it pays only at high sparsity and few tokens (the
 issue's measurement on bert-base: 1.81x at 90% sparsity for batch 1, 0.86x for batch 8). Hence
-`swap_csr_linears` times every candidate layer on the real input shape and swaps only those whose dense
-time divided by CSR time reaches `threshold`. CSR matmul has no bf16 kernel on CPU: fp32 only.
+`swap_csr_linears` times every candidate layer on the real input shape and swaps only those whose time
+as they would otherwise run (fp32 dense, or the int8 twin `against` builds for `csr+int8`) divided by
+CSR time reaches `threshold`. CSR matmul has no bf16 kernel on CPU: fp32 only.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["CSRLinear", "LayerProbe", "probe_layer", "probes_as_dicts", "swap_csr_linears"]
+__all__ = ["Against", "CSRLinear", "LayerProbe", "probe_layer", "probes_as_dicts", "swap_csr_linears"]
 
 
 def _sparse_csr(weight: torch.Tensor) -> torch.Tensor:
@@ -84,12 +85,19 @@ def _time(fn: Callable[[], Any], repeats: int) -> float:
     return best
 
 
+#: what a layer runs as if it is not swapped to CSR, built from the fp32 Linear (None: the Linear itself)
+Against = Callable[[nn.Linear], nn.Module] | None
+
+
 @torch.inference_mode()
-def probe_layer(linear: nn.Linear, tokens: int, repeats: int = 5) -> tuple[float, float]:
-    """Seconds per call of `linear` dense and as CSR on a random (tokens, in_features) input."""
+def probe_layer(
+    linear: nn.Linear, tokens: int, repeats: int = 5, against: Against = None
+) -> tuple[float, float]:
+    """Seconds per call of `linear` as it would otherwise run (`against`) and as CSR, on a random
+    (tokens, in_features) input."""
     x = torch.randn(tokens, linear.in_features, dtype=linear.weight.dtype)
-    csr = CSRLinear.from_linear(linear)
-    return _time(lambda: linear(x), repeats), _time(lambda: csr(x), repeats)
+    reference, csr = linear if against is None else against(linear), CSRLinear.from_linear(linear)
+    return _time(lambda: reference(x), repeats), _time(lambda: csr(x), repeats)
 
 
 def _sparsity(weight: torch.Tensor) -> float:
@@ -103,8 +111,10 @@ def swap_csr_linears(
     min_sparsity: float = 0.5,
     repeats: int = 5,
     force: bool = False,
+    against: Against = None,
 ) -> list[LayerProbe]:
-    """Replace each fp32 `nn.Linear` whose CSR form is >= `threshold` times faster on `tokens` rows.
+    """Replace each fp32 `nn.Linear` whose CSR form is >= `threshold` times faster on `tokens` rows than
+    the layer as it would otherwise run: itself, or `against(layer)` (e.g. its int8 twin).
 
     `tokens` is batch x sequence length of the workload that will run (the decision depends on it).
     Layers below `min_sparsity` are not probed. `force` swaps every candidate without timing (tests).
@@ -121,7 +131,7 @@ def swap_csr_linears(
         csr_s: float | None = None
         speedup: float | None = None
         if not force:
-            dense_s, csr_s = probe_layer(module, tokens, repeats)
+            dense_s, csr_s = probe_layer(module, tokens, repeats, against)
             speedup = dense_s / max(csr_s, 1e-12)
         swapped = force or (speedup is not None and speedup >= threshold)
         if swapped:

@@ -3,9 +3,9 @@
 A variant is a `+`-joined name: `fp32` (as loaded), `bf16` (all weights and activations bfloat16),
 `int8` (`torch.ao.quantization.quantize_dynamic`: int8 weights, activations quantized per batch, fp32
 accumulate), `csr` (CSR Linears where measured faster, see `prunebert.sparse_linear`), `csr+int8` (CSR
-where faster, int8 for the remaining Linears). Each works on whatever Linears the model has, so they
-combine with slimmed (structurally smaller) models unchanged. CSR has no bf16 kernel: `csr+bf16` is
-refused.
+where faster than the layer's int8 twin, int8 for the remaining Linears). Each works on whatever Linears
+the model has, so they combine with slimmed (structurally smaller) models unchanged. CSR has no bf16
+kernel: `csr+bf16` is refused.
 """
 
 from __future__ import annotations
@@ -65,6 +65,11 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     return quantized
 
 
+def _int8_twin(linear: nn.Linear) -> nn.Module:
+    """The int8 dynamic-quantized copy of one Linear: what `csr+int8` runs where CSR is not faster."""
+    return quantize_int8(nn.Sequential(copy.deepcopy(linear))).get_submodule("0")
+
+
 @dataclass
 class PreparedVariant:
     """A variant's module and what was done to make it (CSR probes, precision)."""
@@ -82,11 +87,20 @@ def prepare_torch_variant(
     info: dict[str, Any] = {"variant": variant, "precision": precision}
     if use_csr:
         settings = csr or CSRSettings()
+        # a layer left out of CSR runs in `precision`: CSR must beat that, not fp32
+        against = _int8_twin if precision == "int8" else None
         probes = swap_csr_linears(
-            model, tokens, settings.threshold, settings.min_sparsity, settings.repeats, settings.force
+            model,
+            tokens,
+            settings.threshold,
+            settings.min_sparsity,
+            settings.repeats,
+            settings.force,
+            against,
         )
         info["csr"] = {
             "threshold": settings.threshold,
+            "against": precision,
             "swapped": sum(p.swapped for p in probes),
             "probed": len(probes),
             "layers": probes_as_dicts(probes),
