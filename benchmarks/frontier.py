@@ -5,16 +5,16 @@ The teacher is methods_grid.py's dense cell (minilm-l6 fine-tuned on rotten-toma
 A point `LxS` is an ordinary `finetune` run distilled from it: L encoder layers (fewer than the teacher's:
 the teacher with evenly spaced layers removed by `prunebert slim`, 2 and 5 of 6 for L = 4, 1, 3 and 5 for
 L = 3) pruned to structured sparsity S (heads and FFN neurons by Taylor importance, iterative schedule),
-then slimmed. Every
-model is scored on the whole test split in torch fp32 / bf16 / int8 and, exported (static int8 calibrated on
-the task), in ONNX Runtime and OpenVINO; then all are timed by one `prunebert bench` against the dense torch
-fp32 teacher (batch 1 and 8, sequence 128). A random-weight bert-base cut to each point's structure (the
-same fractions of heads and neurons per layer, the same layers) is timed likewise against dense bert-base.
+then slimmed. Every model is scored on the whole test split in torch fp32 / bf16 / int8 and, exported
+(static int8 calibrated on the task), in ONNX Runtime and OpenVINO; then all are timed by one `prunebert
+bench` against the dense torch fp32 teacher (batch 1 and 8, sequence 128). A random-weight bert-base cut
+to each point's structure (the same fractions of heads and neurons per layer, the same layers) is timed
+likewise against dense bert-base.
 Runs, slims, exports, accuracies and bench JSONs are reused when finished, and the JSON is rewritten after
 every stage. Goals at <= 1 point of accuracy lost: >= 3x from structure alone (torch fp32), >= 10x with
 int8 on ONNX Runtime or OpenVINO.
 
-    .venv/bin/python benchmarks/frontier.py                      # everything: many hours on 2 cores
+    .venv/bin/python benchmarks/frontier.py                      # everything: ~70 min on 2 idle cores
     .venv/bin/python benchmarks/frontier.py --skip-bert-base     # the minilm frontier only
     .venv/bin/python benchmarks/frontier.py --table              # the README's Markdown table of the JSON
     .venv/bin/python benchmarks/frontier.py --model DIR --task FILE --points 2x0.5 1x0.0 --max-steps 10 \\

@@ -11,7 +11,7 @@ from torch import nn
 from prunebert import Pruner, PruningConfig, sparse_linear
 from prunebert.errors import PrunebertError
 from prunebert.inference import TokenModel
-from prunebert.sparse_linear import CSRLinear, swap_csr_linears
+from prunebert.sparse_linear import Against, CSRLinear, swap_csr_linears
 from prunebert.torch_variants import CSRSettings, parse_variant, prepare_torch_variant
 from tiny import tiny_classifier
 
@@ -112,7 +112,9 @@ def test_csr_plus_int8_probes_csr_against_the_int8_twin(monkeypatch: pytest.Monk
     seen: list[type] = []
     probe = sparse_linear.probe_layer
 
-    def recording(linear: nn.Linear, tokens: int, repeats: int = 5, against=None):  # type: ignore[no-untyped-def]
+    def recording(
+        linear: nn.Linear, tokens: int, repeats: int = 5, against: Against = None
+    ) -> tuple[float, float]:
         seen.append(type(against(linear)) if against else type(linear))
         return probe(linear, tokens, repeats, against)
 
