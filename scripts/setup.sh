@@ -14,4 +14,4 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
 fi
 # export: onnx + onnxruntime (light, never pulls torch) for ONNX export and bench; the heavier OpenVINO/NNCF
 # extra is opt-in: .venv/bin/pip install -e ".[openvino]" (its tests skip without it)
-"${pip[@]}" -e ".[dev,export]"
+"${pip[@]}" -e ".[dev,export,docs]"
