@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from prunebert.config import PruningConfig
     from prunebert.targets import Target
 
-__all__ = ["MethodOptions", "PruningMethod", "parse_options"]
+__all__ = ["GradientRequest", "MethodOptions", "PruningMethod", "parse_options"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,15 @@ def parse_options(cls: type[MethodOptions], method: str, options: Mapping[str, A
         return cls(**options)
     except (TypeError, ValueError) as exc:
         raise PrunebertError(f"bad option for method {method!r}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class GradientRequest:
+    """What a second-order method asks for before each mask update: `count` mini-batch gradients of
+    `batch_size` examples, drawn by the pruner's `gradient_sampler` away from the training run."""
+
+    count: int
+    batch_size: int
 
 
 class PruningMethod:
@@ -72,6 +81,14 @@ class PruningMethod:
     def select(self, scores: Mapping[str, torch.Tensor], sparsity: float) -> dict[str, torch.Tensor] | None:
         """Masks chosen by the method itself (e.g. a score threshold); None = top-k at `sparsity`."""
         return None
+
+    def gradient_request(self) -> GradientRequest | None:
+        """Gradient samples wanted before each mask update (e.g. oBERT's Fisher); None = none."""
+        return None
+
+    def observe_gradients(self, grads: Mapping[str, torch.Tensor]) -> None:
+        """One sampled mini-batch's gradient of every target (pruned entries 0), `count` times per mask
+        update, before `scores`; the sampler restores the training run's gradients afterwards."""
 
     def after_backward(self, weights: Mapping[str, torch.Tensor]) -> None:
         """Once per optimizer step, with final gradients (accumulated, all-reduced, unscaled, clipped).
