@@ -3,8 +3,8 @@
 Builds random-weight classifiers of a chosen shape (timing does not depend on the weights' values):
 `dense`; `unstructured90` (90% of every encoder matrix zeroed by magnitude); `slim50` (half the heads and
 half the FFN neurons of every layer zeroed, then physically removed by `prunebert slim`), then times them
-with `prunebert.bench.run_bench` against the dense torch fp32 model: every variant of every model, batch
-sizes 1 and 8, sequence 128, interleaved rounds, disturbed rounds discarded. Writes
+with `prunebert.deploy.bench.run_bench` against the dense torch fp32 model: every variant of every
+model, batch sizes 1 and 8, sequence 128, interleaved rounds, disturbed rounds discarded. Writes
 `benchmarks/results/deploy_speed_<size>.json` (the bench JSON plus how the models were built).
 
     .venv/bin/python benchmarks/deploy_speed.py --size bert-base          # long: run on an idle machine
@@ -23,9 +23,9 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, BertTokenizerFast, PreTrainedModel
 
-from prunebert.bench import BenchSettings, format_bench, run_bench
-from prunebert.bench_runners import VARIANTS
 from prunebert.cli import main as prunebert_main
+from prunebert.deploy.bench import BenchSettings, format_bench, run_bench
+from prunebert.deploy.bench_runners import VARIANTS
 from prunebert.io import write_json
 from prunebert.masks import topk_mask
 from prunebert.targets import find_targets

@@ -37,19 +37,19 @@ from transformers import AutoTokenizer, PreTrainedModel
 
 from deploy_speed import SIZES, build  # benchmarks/*.py: the script's folder is on sys.path
 from fixed_attention import settings  # methods_grid's base_recipe with the smoke-test overrides
-from prunebert.bench import BenchSettings, run_bench
-from prunebert.export import EXPORT_FILE, ExportOptions, export_model
-from prunebert.inference import load_inference_model, task_batches, weight_bytes
+from prunebert.deploy.bench import BenchSettings, run_bench
+from prunebert.deploy.export import EXPORT_FILE, ExportOptions, export_model
+from prunebert.deploy.inference import load_inference_model, task_batches, weight_bytes
+from prunebert.deploy.runtimes import torch_runner
+from prunebert.deploy.slim_job import run_slim
+from prunebert.deploy.torch_variants import prepare_torch_variant
 from prunebert.io import write_json
 from prunebert.metrics import compute_metrics
 from prunebert.models import load_config, resolve_model_path
-from prunebert.runtimes import torch_runner
-from prunebert.slim import SLIM_KEY
-from prunebert.slim_command import run_slim
 from prunebert.stages.finetune import FinetuneConfig
 from prunebert.stages.runner import run_or_reuse
 from prunebert.targets import role_modules
-from prunebert.torch_variants import prepare_torch_variant
+from prunebert.transforms.slim import SLIM_KEY
 from results_table import write_results
 
 ROOT = Path(__file__).resolve().parent

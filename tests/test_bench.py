@@ -9,10 +9,10 @@ import pytest
 import torch
 from transformers import BertModel, PreTrainedTokenizerBase
 
-from prunebert.bench import BenchSettings, encoder_flops, run_bench, summarize_rounds
 from prunebert.cli import main
+from prunebert.deploy.bench import BenchSettings, encoder_flops, run_bench, summarize_rounds
+from prunebert.deploy.runtimes import available
 from prunebert.errors import PrunebertError
-from prunebert.runtimes import available
 from tiny import tiny_classifier, tiny_config
 
 

@@ -18,12 +18,12 @@ from safetensors.torch import load_file
 from transformers import PreTrainedTokenizerBase, Trainer
 
 from prunebert import PruningCallback, PruningConfig
-from prunebert.checkpoints import COMPLETE_FILE, is_complete, last_complete
 from prunebert.cli import main
 from prunebert.data import SeededMLMCollator
 from prunebert.errors import PrunebertError
 from prunebert.masks import MASKS_FILE
 from prunebert.pruner import Pruner
+from prunebert.stages.checkpoints import COMPLETE_FILE, is_complete, last_complete
 from tiny import StopAt, stage_data_args, tiny_classifier, tiny_dataset, tiny_training_args, write_workspace
 
 FAST = ["--train.batch_size", "4", "--train.logging_steps", "5", "--pruning.sparsity", "0.5"]

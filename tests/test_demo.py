@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from prunebert.demo import demo_plan, summarize
 from prunebert.errors import PrunebertError
 from prunebert.stages.finetune import FinetuneConfig
 from prunebert.stages.runner import run_or_reuse
+from prunebert.study.demo import demo_plan, summarize
 
 
 def test_plan_runs_every_seed_of_both_arms_from_their_own_mlm_run(tmp_path: Path) -> None:

@@ -11,7 +11,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from conftest import TINY_WORDS
 from prunebert.cli import main
-from prunebert.distill import (
+from prunebert.errors import PrunebertError
+from prunebert.recipes import dump_recipe, load_recipe, validate_recipe
+from prunebert.stages.distill import (
     DistillationTrainer,
     DistillConfig,
     Distiller,
@@ -20,8 +22,6 @@ from prunebert.distill import (
     layer_map,
     soft_label_loss,
 )
-from prunebert.errors import PrunebertError
-from prunebert.recipes import dump_recipe, load_recipe, validate_recipe
 from prunebert.stages.finetune import FinetuneConfig, auto_teacher
 from tiny import tiny_classifier, tiny_dataset, tiny_mlm, tiny_training_args
 

@@ -14,10 +14,10 @@ from transformers import AutoModel, AutoModelForSequenceClassification, PreTrain
 
 from conftest import TINY_WORDS
 from prunebert.cli import main
+from prunebert.deploy.export import EXPORT_FILE, ExportOptions, _child_error, export_model
+from prunebert.deploy.runtimes import Runner, available, onnxruntime_runner, openvino_runner
 from prunebert.errors import PrunebertError
-from prunebert.export import EXPORT_FILE, ExportOptions, _child_error, export_model
 from prunebert.models import load_model
-from prunebert.runtimes import Runner, available, onnxruntime_runner, openvino_runner
 from tiny import tiny_classifier, tiny_config
 
 needs_onnx = pytest.mark.skipif(

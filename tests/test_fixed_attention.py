@@ -12,7 +12,13 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel, Pr
 
 from prunebert.cli import main
 from prunebert.errors import PrunebertError
-from prunebert.fixed_attention import (
+from prunebert.models import load_model
+from prunebert.recipes import dump_recipe, load_recipe, validate_recipe
+from prunebert.stages.finetune import FinetuneConfig
+from prunebert.stages.pretrain import PretrainConfig
+from prunebert.structure import head_size
+from prunebert.targets import find_targets
+from prunebert.transforms.fixed_attention import (
     CONFIG_KEY,
     FixedAttentionConfig,
     apply_fixed_attention,
@@ -20,12 +26,6 @@ from prunebert.fixed_attention import (
     pattern_matrix,
     resolve_heads,
 )
-from prunebert.models import load_model
-from prunebert.recipes import dump_recipe, load_recipe, validate_recipe
-from prunebert.stages.finetune import FinetuneConfig
-from prunebert.stages.pretrain import PretrainConfig
-from prunebert.structure import head_size
-from prunebert.targets import find_targets
 from tiny import tiny_classifier, write_workspace
 
 MASK = torch.tensor([[1, 1, 1, 0]])  # three tokens and one padding position

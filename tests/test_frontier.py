@@ -13,7 +13,7 @@ from types import ModuleType
 import pytest
 from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
-from prunebert.slim import SLIM_KEY, plan_slim
+from prunebert.transforms.slim import SLIM_KEY, plan_slim
 from tiny import tiny_classifier, tiny_config, write_workspace
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"

@@ -21,13 +21,13 @@ from transformers import (
 from prunebert.cli import main
 from prunebert.config import PruningConfig
 from prunebert.errors import PrunebertError
-from prunebert.layer_skip import SKIP_KEY, restore_skipped_layers, skip_layers, skipped_layers
 from prunebert.masks import MASKS_FILE, load_masks
 from prunebert.methods.layerdrop import LayerDrop, drop_decisions, every_other
 from prunebert.models import load_model, save_pruned
 from prunebert.pruner import Pruner
-from prunebert.slim import layer_count
 from prunebert.structure import encoder_layers
+from prunebert.transforms.layer_skip import SKIP_KEY, restore_skipped_layers, skip_layers, skipped_layers
+from prunebert.transforms.slim import layer_count
 from tiny import PADDED_MASK, padded_ids, tiny_config, write_workspace
 
 IDS = padded_ids()

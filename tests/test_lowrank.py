@@ -14,11 +14,16 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from prunebert.bench import encoder_flops
 from prunebert.cli import main
 from prunebert.config import PruningConfig
+from prunebert.deploy.bench import encoder_flops
 from prunebert.errors import PrunebertError
-from prunebert.lowrank import (
+from prunebert.masks import MASKS_FILE
+from prunebert.models import load_model, save_pruned, transfer_pruner
+from prunebert.pruner import Pruner
+from prunebert.structure import encoder_layers
+from prunebert.targets import find_targets
+from prunebert.transforms.lowrank import (
     LOWRANK_KEY,
     LowRankLinear,
     SplitLinear,
@@ -28,12 +33,7 @@ from prunebert.lowrank import (
     split_pays,
     svd_factors,
 )
-from prunebert.masks import MASKS_FILE
-from prunebert.models import load_model, save_pruned, transfer_pruner
-from prunebert.pruner import Pruner
-from prunebert.slim import SLIM_KEY, load_slim, plan_slim, slim_model
-from prunebert.structure import encoder_layers
-from prunebert.targets import find_targets
+from prunebert.transforms.slim import SLIM_KEY, load_slim, plan_slim, slim_model
 from tiny import PADDED_MASK, padded_ids, tiny_config, write_workspace
 
 IDS = padded_ids()

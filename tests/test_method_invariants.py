@@ -3,7 +3,9 @@
 Target sparsity reached (within 0.5%); pruned weights exactly zero after training; a run resumed from a
 mid-training checkpoint ends with the same masks and weights as an uninterrupted one; the baked model
 has clean keys and loads in plain transformers with the same zeros and outputs (plus the transforms its
-config records: skipped layers, factorised modules; see `_load_baked`).
+config records: skipped layers, factorised modules; see `_load_baked`). A method that asks for gradient
+samples at each mask update (`obs`) gets them from the Trainer's training data through PruningCallback,
+so the resume check also shows that sampling leaves the run's randomness, data order and gradients alone.
 """
 
 import json
@@ -14,12 +16,12 @@ import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerBase, Trainer
 
 from prunebert import PruningCallback, PruningConfig, available_methods
-from prunebert.layer_skip import restore_skipped_layers
-from prunebert.lowrank import LOWRANK_KEY
 from prunebert.models import save_pruned
 from prunebert.pruner import Pruner
-from prunebert.slim import load_slim
 from prunebert.structure import kept_groups
+from prunebert.transforms.layer_skip import restore_skipped_layers
+from prunebert.transforms.lowrank import LOWRANK_KEY
+from prunebert.transforms.slim import load_slim
 from tiny import StopAt, tiny_classifier, tiny_dataset, tiny_training_args
 
 STEPS = 16

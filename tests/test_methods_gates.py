@@ -18,8 +18,8 @@ from prunebert.methods.gates import (
     open_probability,
 )
 from prunebert.pruner import Pruner
-from prunebert.slim import plan_slim, slim_model
 from prunebert.structure import gate_gradient, kept_groups
+from prunebert.transforms.slim import plan_slim, slim_model
 from tiny import tiny_classifier
 
 BATCH = {

@@ -12,7 +12,6 @@ from transformers import PreTrainedTokenizerBase
 from prunebert.cli import main
 from prunebert.config import PruningConfig
 from prunebert.errors import PrunebertError
-from prunebert.lowrank import LowRankLinear, slim_lowrank
 from prunebert.methods import available_methods
 from prunebert.methods.gates import BETA, GAMMA, ZETA, hard_concrete, open_probability
 from prunebert.methods.lowrank_l0 import (
@@ -24,6 +23,7 @@ from prunebert.methods.lowrank_l0 import (
 )
 from prunebert.models import load_model, save_pruned
 from prunebert.pruner import Pruner
+from prunebert.transforms.lowrank import LowRankLinear, slim_lowrank
 from tiny import PADDED_MASK, padded_ids, tiny_classifier
 
 IDS = padded_ids()

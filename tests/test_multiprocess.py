@@ -15,12 +15,12 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForMaskedLM, PreTrainedTokenizerBase
 
-from prunebert.checkpoints import CompleteCheckpoints
 from prunebert.cli import main
 from prunebert.config import PruningConfig
 from prunebert.distributed import mask_digest
 from prunebert.masks import MASKS_FILE, load_masks
 from prunebert.pruner import Pruner
+from prunebert.stages.checkpoints import CompleteCheckpoints
 from prunebert.stages.common import RunDir
 from tiny import stage_data_args, tiny_classifier, tiny_config, tiny_training_args, write_workspace
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from prunebert.cli import _build_parser, main
+from prunebert.cli.main import _build_parser, main
 from prunebert.errors import PrunebertError
 from prunebert.recipes import config_from_args, dump_recipe, load_recipe, validate_recipe
 from prunebert.stages.finetune import FinetuneConfig

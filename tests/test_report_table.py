@@ -12,14 +12,14 @@ import torch
 from safetensors.torch import save_file
 from transformers import PreTrainedTokenizerBase
 
-from prunebert.bench import BenchSettings, run_bench
 from prunebert.cli import main
+from prunebert.deploy.bench import BenchSettings, run_bench
+from prunebert.deploy.storage import encode_tensor
 from prunebert.masks import MASKS_FILE, save_masks
 from prunebert.report import table as table_module
 from prunebert.report.curves import train_loss_vs_sparsity
 from prunebert.report.data import load_results
 from prunebert.report.table import COLUMNS, comparison_rows, model_bytes, pruned_component
-from prunebert.storage import encode_tensor
 from tinystudy import chdir, tiny_study
 
 

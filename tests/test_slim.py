@@ -20,7 +20,9 @@ from prunebert.errors import PrunebertError
 from prunebert.masks import MASKS_FILE
 from prunebert.models import load_model, save_pruned, transfer_pruner
 from prunebert.pruner import Pruner
-from prunebert.slim import (
+from prunebert.structure import group_sets
+from prunebert.targets import find_targets
+from prunebert.transforms.slim import (
     SLIM_KEY,
     NoHeads,
     layer_count,
@@ -30,8 +32,6 @@ from prunebert.slim import (
     slim_model,
     slim_with_changes,
 )
-from prunebert.structure import group_sets
-from prunebert.targets import find_targets
 from tiny import PADDED_MASK, padded_ids, tiny_classifier, tiny_config, tiny_mlm, write_workspace
 
 IDS = padded_ids(0)

@@ -8,11 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from prunebert import Pruner, PruningConfig, sparse_linear
+from prunebert import Pruner, PruningConfig
+from prunebert.deploy import sparse_linear
+from prunebert.deploy.inference import TokenModel
+from prunebert.deploy.sparse_linear import Against, CSRLinear, swap_csr_linears
+from prunebert.deploy.torch_variants import CSRSettings, parse_variant, prepare_torch_variant
 from prunebert.errors import PrunebertError
-from prunebert.inference import TokenModel
-from prunebert.sparse_linear import Against, CSRLinear, swap_csr_linears
-from prunebert.torch_variants import CSRSettings, parse_variant, prepare_torch_variant
 from tiny import tiny_classifier
 
 

@@ -11,10 +11,10 @@ from transformers import AutoModelForSequenceClassification, PreTrainedTokenizer
 
 from prunebert import Pruner, PruningConfig
 from prunebert.cli import main
+from prunebert.deploy.storage import SUFFIX, compress_model, decode_tensor, decompress_model, encode_tensor
 from prunebert.errors import PrunebertError
 from prunebert.masks import MASKS_FILE, topk_mask
 from prunebert.models import load_model, save_pruned
-from prunebert.storage import SUFFIX, compress_model, decode_tensor, decompress_model, encode_tensor
 from tiny import tiny_classifier
 
 

@@ -15,7 +15,7 @@ from prunebert.errors import PrunebertError
 from prunebert.masks import load_masks
 from prunebert.recipes import dump_recipe, load_recipe, validate_recipe
 from prunebert.study import StudyConfig, load_study, study_plan
-from prunebert.study_results import final_train_loss
+from prunebert.study.results import final_train_loss
 from tinystudy import RECIPE, chdir, tiny_study
 
 DEFAULT = Path(__file__).resolve().parents[1] / "recipes" / "study-default.yaml"

@@ -19,9 +19,9 @@ from prunebert.cli import main
 from prunebert.data import hub, load_task
 from prunebert.data.qa import QAColumns
 from prunebert.data.qa_features import best_answers, qa_features, window_labels
-from prunebert.distill import soft_label_loss, span_soft_loss
 from prunebert.errors import PrunebertError
 from prunebert.metrics import normalize_answer, squad_f1, squad_scores
+from prunebert.stages.distill import soft_label_loss, span_soft_loss
 from taskdata import qa_rows, similarity_rows, write_qa, write_qa_csv, write_similarity
 from tiny import sentences, tiny_mlm
 from tinystudy import chdir

@@ -2,41 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    SerializerFunctionWrapHandler,
-    model_serializer,
-    model_validator,
-)
+from pydantic import Field, model_validator
 
+from prunebert.methods.base import parse_options
+from prunebert.methods.registry import method_class
+from prunebert.recipes import StrictModel
 from prunebert.targets import ENCODER_ROLES
 
 __all__ = ["PruningConfig", "StrictModel"]
-
-
-class StrictModel(BaseModel):
-    """A recipe section: unknown keys and wrong types are errors, assignments are validated."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    #: fields added after runs were recorded: left out of a dump while they hold their default, so a
-    #: recipe saved before they existed still equals today's dump of it (resume and reuse compare dumps)
-    recorded_if_set: ClassVar[tuple[str, ...]] = ()
-
-    @model_serializer(mode="wrap")
-    def _omit_new_defaults(self, handler: SerializerFunctionWrapHandler) -> Any:
-        data = handler(self)
-        if isinstance(data, dict):
-            for name in self.recorded_if_set:
-                if name in data and getattr(self, name) == type(self).model_fields[name].get_default(
-                    call_default_factory=True
-                ):
-                    del data[name]
-        return data
 
 
 class PruningConfig(StrictModel):
@@ -71,17 +46,12 @@ class PruningConfig(StrictModel):
         """Fields a recipe leaves out take the method's own defaults (e.g. NIP: iterative schedule)."""
         if not isinstance(data, dict):
             return data
-        from prunebert.methods.registry import method_class
-
         method = method_class(str(data.get("method", "magnitude")))
         return {**method.defaults, **data}
 
     @model_validator(mode="after")
     def _method_known(self) -> PruningConfig:
         """Unknown methods and options fail when the recipe is read, not after data loading."""
-        from prunebert.methods.base import parse_options
-        from prunebert.methods.registry import method_class
-
         parse_options(method_class(self.method).options_cls, self.method, self.options)
         return self
 

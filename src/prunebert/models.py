@@ -33,13 +33,10 @@ from transformers import (
 from prunebert import assets
 from prunebert.config import PruningConfig
 from prunebert.errors import PrunebertError
-from prunebert.fixed_attention import restore_fixed_attention
-from prunebert.layer_skip import restore_skipped_layers
-from prunebert.lowrank import has_lowrank
 from prunebert.masks import MASKS_FILE, load_masks
 from prunebert.pruner import Pruner
-from prunebert.slim import is_slim, load_slim_with_info
 from prunebert.targets import ARCHITECTURES
+from prunebert.transforms import load_rebuilt, rebuilds, restore
 
 __all__ = [
     "LoadedModel",
@@ -143,8 +140,8 @@ def has_nsp_head(spec: str) -> bool:
 def load_model(spec: str, head: Head, num_labels: int | None = None) -> LoadedModel:
     """Load `spec` with the given head; `num_labels=1` makes a regression head.
 
-    Fixed attention patterns (`prunebert.fixed_attention`) and skipped layers (`prunebert.layer_skip`)
-    recorded in the config are re-applied; factorised modules (`prunebert.lowrank`) are rebuilt.
+    Transforms recorded in the config come back (`prunebert.transforms`): slimmed and factorised
+    modules are rebuilt, fixed attention patterns and skipped layers re-applied.
     """
     config = load_config(spec)
     path = resolve_model_path(spec)
@@ -161,8 +158,8 @@ def load_model(spec: str, head: Head, num_labels: int | None = None) -> LoadedMo
             kwargs["problem_type"] = "regression"
     _refuse_pickles(spec, Path(path))
     with _quiet_transformers(), _damaged(spec, "weights"):
-        if is_slim(config) or has_lowrank(config):  # structure changed: transformers cannot size it
-            model, missing = load_slim_with_info(path, AUTO_CLASSES[head], **kwargs)
+        if rebuilds(config):  # structure changed: transformers cannot size it
+            model, missing = load_rebuilt(path, AUTO_CLASSES[head], **kwargs)
             info = {"missing_keys": missing}
         else:
             model, info = AUTO_CLASSES[
@@ -170,8 +167,7 @@ def load_model(spec: str, head: Head, num_labels: int | None = None) -> LoadedMo
             ].from_pretrained(  # safetensors only: never unpickle a user's file
                 path, output_loading_info=True, use_safetensors=True, **kwargs
             )
-    restore_fixed_attention(model)
-    restore_skipped_layers(model)
+    restore(model)
     with _quiet_transformers(), _damaged(spec, "tokenizer"):
         tokenizer = AutoTokenizer.from_pretrained(path)
     prefix = model.base_model_prefix

@@ -10,18 +10,46 @@ import argparse
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, ValidationError, model_serializer
 from pydantic.fields import FieldInfo
 
 from prunebert.errors import PrunebertError
 
-__all__ = ["add_config_options", "config_from_args", "dump_recipe", "load_recipe", "validate_recipe"]
+__all__ = [
+    "StrictModel",
+    "add_config_options",
+    "config_from_args",
+    "dump_recipe",
+    "load_recipe",
+    "validate_recipe",
+]
 
 C = TypeVar("C", bound=BaseModel)
 _PREFIX = "cfg:"
+
+
+class StrictModel(BaseModel):
+    """A recipe section: unknown keys and wrong types are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    #: fields added after runs were recorded: left out of a dump while they hold their default, so a
+    #: recipe saved before they existed still equals today's dump of it (resume and reuse compare dumps)
+    recorded_if_set: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_new_defaults(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if isinstance(data, dict):
+            for name in self.recorded_if_set:
+                if name in data and getattr(self, name) == type(self).model_fields[name].get_default(
+                    call_default_factory=True
+                ):
+                    del data[name]
+        return data
 
 
 def _submodel(annotation: Any) -> type[BaseModel] | None:

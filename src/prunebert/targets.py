@@ -113,7 +113,7 @@ def find_targets(
 
     Explicit `patterns` (regexes over module names) replace the role table; matched modules get the
     role "custom" unless the table also names them. Only modules with a 2-D `weight` qualify, and
-    factorised Linears (`prunebert.lowrank.LowRankLinear`), whose `weight` is their diagonal.
+    factorised Linears (`prunebert.transforms.lowrank.LowRankLinear`), whose `weight` is their diagonal.
     """
     arch = ARCHITECTURES.get(getattr(getattr(model, "config", None), "model_type", ""))
     role_list = list(roles) + (["embeddings"] if include_embeddings else [])
@@ -125,7 +125,7 @@ def find_targets(
     targets = []
     for name, module in model.named_modules():
         weight = getattr(module, "weight", None)
-        factorized = getattr(module, "factorized", False)  # prunebert.lowrank: a 1-D diagonal `weight`
+        factorized = getattr(module, "factorized", False)  # transforms.lowrank: a 1-D diagonal `weight`
         if not isinstance(weight, nn.Parameter) or (weight.dim() != 2 and not factorized):
             continue
         target = _match(name, table)

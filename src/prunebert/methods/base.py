@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
 from torch import nn
@@ -12,10 +12,25 @@ from torch import nn
 from prunebert.errors import PrunebertError
 
 if TYPE_CHECKING:
-    from prunebert.config import PruningConfig
     from prunebert.targets import Target
 
-__all__ = ["GradientRequest", "MethodOptions", "PruningMethod", "parse_options"]
+__all__ = ["GradientRequest", "MethodOptions", "PruneSettings", "PruningMethod", "parse_options"]
+
+
+class PruneSettings(Protocol):
+    """What a method may read of the pruning settings (`prunebert.config.PruningConfig` has these)."""
+
+    @property
+    def sparsity(self) -> float:
+        """Final fraction of target weights set to zero."""
+
+    @property
+    def scope(self) -> str:
+        """`layer` (each matrix alike) or `global` (one ranking over all targets)."""
+
+    @property
+    def schedule(self) -> str:
+        """`oneshot`, `cubic`, `iterative` or `fixed`."""
 
 
 @dataclass(frozen=True)
@@ -71,7 +86,7 @@ class PruningMethod:
         self.options = options
         self.seed = seed
 
-    def bind(self, model: nn.Module, targets: Sequence[Target], config: PruningConfig) -> None:
+    def bind(self, model: nn.Module, targets: Sequence[Target], config: PruneSettings) -> None:
         """Called once by the pruner with the model and its targets (structured methods read the layout)."""
 
     def scores(self, weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

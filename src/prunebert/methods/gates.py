@@ -25,20 +25,17 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from prunebert.methods.base import MethodOptions, PruningMethod
+from prunebert.methods.base import MethodOptions, PruneSettings, PruningMethod
 from prunebert.methods.registry import register_method
 from prunebert.methods.structured import GroupPruning
 from prunebert.structure import GroupSet
 from prunebert.targets import Target
-
-if TYPE_CHECKING:
-    from prunebert.config import PruningConfig
 
 __all__ = [
     "GateOptions",
@@ -274,7 +271,7 @@ class GatePruning(GatedMethod, GroupPruning):
         """Gate steps taken."""
         return self.gates.steps
 
-    def bind(self, model: nn.Module, targets: Sequence[Target], config: PruningConfig) -> None:
+    def bind(self, model: nn.Module, targets: Sequence[Target], config: PruneSettings) -> None:
         """One gate per group, applied by a forward pre-hook on each output projection."""
         super().bind(model, targets, config)
         for s in self.sets:

@@ -13,10 +13,10 @@ method state, saved in checkpoints) skips what the uninterrupted run would have.
 
 The sparsity knob is the fraction of layers dropped: `round(sparsity * layers)` go. The final selection
 zeroes every target weight of those layers (the ordinary masks, so the run reports the sparsity) and
-from then on skips them for good: `prunebert.layer_skip` records them in the config, `load_model` skips
-them again, and `prunebert slim` removes them (the same outputs). Default: train the whole run with
-LayerDrop and select at the last step (`oneshot` at `start_fraction` 1.0), as in the paper; an earlier
-`start_fraction` fine-tunes the shallower model for the rest of the run.
+from then on skips them for good: `prunebert.transforms.layer_skip` records them in the config,
+`load_model` skips them again, and `prunebert slim` removes them (the same outputs). Default: train the
+whole run with LayerDrop and select at the last step (`oneshot` at `start_fraction` 1.0), as in the
+paper; an earlier `start_fraction` fine-tunes the shallower model for the rest of the run.
 """
 
 from __future__ import annotations
@@ -26,20 +26,17 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from prunebert.errors import PrunebertError
-from prunebert.layer_skip import set_forward, skip_layers, skipped_layers
-from prunebert.methods.base import MethodOptions, PruningMethod
+from prunebert.methods.base import MethodOptions, PruneSettings, PruningMethod
 from prunebert.methods.registry import register_method
 from prunebert.structure import encoder_layers
 from prunebert.targets import Target
-
-if TYPE_CHECKING:
-    from prunebert.config import PruningConfig
+from prunebert.transforms.layer_skip import set_forward, skip_layers, skipped_layers
 
 __all__ = ["LayerDrop", "LayerDropOptions", "drop_decisions", "every_other"]
 
@@ -120,7 +117,7 @@ class LayerDrop(PruningMethod):
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._skipped = [0, 0]  # layers skipped, layers seen since the last log
 
-    def bind(self, model: nn.Module, targets: Sequence[Target], config: PruningConfig) -> None:
+    def bind(self, model: nn.Module, targets: Sequence[Target], config: PruneSettings) -> None:
         """Check the setup, then make every encoder layer skippable for training forwards."""
         name, self.layers = encoder_layers(model)
         self.num_layers, self.targets, self.model = len(self.layers), list(targets), model
@@ -130,7 +127,7 @@ class LayerDrop(PruningMethod):
         encoder = model.get_submodule(name.rsplit(".", 1)[0])
         self._hooks.append(encoder.register_forward_pre_hook(self._decide))
 
-    def _validate(self, config: PruningConfig) -> None:
+    def _validate(self, config: PruneSettings) -> None:
         outside = [t for t in self.targets if t.layer < 0]
         fail = None
         if outside:

@@ -1,7 +1,7 @@
 """Low-rank factorised pruning: train W = P diag(g) Q and prune rank-1 components (Wang et al. 2019).
 
 Wang, Wohlwend & Lei, "Structured Pruning of Large Language Models" (EMNLP 2020, arXiv:1910.04732).
-When the pruner binds, every target Linear becomes a `prunebert.lowrank.LowRankLinear` started from
+When the pruner binds, every target Linear becomes a `prunebert.transforms.lowrank.LowRankLinear` started from
 its SVD (same outputs), and training updates P, g and Q (so create the Pruner before the optimizer, as
 prunebert's stages and `PruningCallback` do). The diagonal g is the module's `weight`, so the pruner's
 ordinary masks, schedule and scope act on rank-1 components: a masked g_k is exactly 0, gets no gradient
@@ -23,18 +23,14 @@ fraction of the targets' dense weights the slimmed model will hold.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from prunebert.lowrank import LowRankLinear, component_norms, factorize, kept_weights_fraction
-from prunebert.methods.base import MethodOptions, PruningMethod
+from prunebert.methods.base import MethodOptions, PruneSettings, PruningMethod
 from prunebert.methods.registry import register_method
 from prunebert.targets import Target
-
-if TYPE_CHECKING:
-    from prunebert.config import PruningConfig
+from prunebert.transforms.lowrank import LowRankLinear, component_norms, factorize, kept_weights_fraction
 
 __all__ = ["LowRankPruning"]
 
@@ -47,7 +43,7 @@ class LowRankPruning(PruningMethod):
         super().__init__(options, seed)
         self.modules: dict[str, LowRankLinear] = {}  # the target's weight key (its diagonal) -> module
 
-    def bind(self, model: nn.Module, targets: Sequence[Target], config: PruningConfig) -> None:
+    def bind(self, model: nn.Module, targets: Sequence[Target], config: PruneSettings) -> None:
         """Factorise every target Linear (ones already factorised, from an earlier run, stay as they are)."""
         plain = [t.name for t in targets if not isinstance(model.get_submodule(t.name), LowRankLinear)]
         factorize(model, plain)

@@ -2,7 +2,7 @@
 
 Wang, Wohlwend & Lei, "Structured Pruning of Large Language Models" (EMNLP 2020, arXiv:1910.04732),
 the full method of which `lowrank` implements the factorisation only. Every target Linear becomes a
-`prunebert.lowrank.LowRankLinear`, W = P diag(g) Q from its SVD (as `lowrank`), and each rank-1
+`prunebert.transforms.lowrank.LowRankLinear`, W = P diag(g) Q from its SVD (as `lowrank`), and each rank-1
 component k of target j gets a Hard Concrete gate z_jk (`prunebert.methods.gates`: Louizos et al.'s
 beta 2/3, gamma -0.1, zeta 1.1) that multiplies g_jk in the forward: y = P ((g * z) * (Q x)) + b, a
 fresh sample per training forward, the deterministic gate in evaluation.
@@ -45,13 +45,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from prunebert.lowrank import LowRankLinear
-from prunebert.methods.base import MethodOptions
+from prunebert.methods.base import MethodOptions, PruneSettings
 from prunebert.methods.gates import (
     GatedMethod,
     LearnedGateOptions,
@@ -62,9 +61,7 @@ from prunebert.methods.gates import (
 from prunebert.methods.lowrank import LowRankPruning
 from prunebert.methods.registry import register_method
 from prunebert.targets import Target
-
-if TYPE_CHECKING:
-    from prunebert.config import PruningConfig
+from prunebert.transforms.lowrank import LowRankLinear
 
 __all__ = [
     "LowRankL0Options",
@@ -163,7 +160,7 @@ class LowRankL0Pruning(GatedMethod, LowRankPruning):
         self.target = 0.0  # t and s_hat at the last gate step (logged)
         self.expected = 0.0
 
-    def bind(self, model: nn.Module, targets: Sequence[Target], config: PruningConfig) -> None:
+    def bind(self, model: nn.Module, targets: Sequence[Target], config: PruneSettings) -> None:
         """Factorise the targets (as `lowrank`) and gate every component of each."""
         super().bind(model, targets, config)
         self.sparsity = config.sparsity

@@ -24,14 +24,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from prunebert.errors import PrunebertError
 from prunebert.masks import global_masks, layerwise_masks
-from prunebert.methods.base import MethodOptions, PruningMethod
+from prunebert.methods.base import MethodOptions, PruneSettings, PruningMethod
 from prunebert.methods.registry import register_method
 from prunebert.structure import (
     INPUT_ROLES,
@@ -44,9 +44,6 @@ from prunebert.structure import (
     group_sets,
 )
 from prunebert.targets import Target
-
-if TYPE_CHECKING:
-    from prunebert.config import PruningConfig
 
 __all__ = [
     "GroupPruning",
@@ -103,7 +100,7 @@ class GroupPruning(PruningMethod):
         self.scope = "global"
         self._pruned: dict[str, float] = {}  # kind -> fraction of groups pruned at the last round
 
-    def bind(self, model: nn.Module, targets: Sequence[Target], config: PruningConfig) -> None:
+    def bind(self, model: nn.Module, targets: Sequence[Target], config: PruneSettings) -> None:
         """Group the targets into heads / neurons per layer, sized from the model's config."""
         allowed = {OUTPUT_ROLES[k] for k in OUTPUT_ROLES} | {r for k in INPUT_ROLES for r in INPUT_ROLES[k]}
         stray = [t for t in targets if t.role not in allowed]

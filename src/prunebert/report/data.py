@@ -12,7 +12,7 @@ import torch
 
 from prunebert.errors import PrunebertError
 from prunebert.masks import load_masks
-from prunebert.study_results import JSON_FILE
+from prunebert.study.results import JSON_FILE
 
 __all__ = [
     "DEFAULT_WORDS",

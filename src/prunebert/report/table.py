@@ -5,8 +5,8 @@ speed, what was pruned, whether pruning happened in pre-training, and performanc
 Per finished cell:
 - memory as % of the dense fp32 model of the same stage and task: stored dense (4 bytes per parameter,
   zeros included: 100% unless heads or neurons were slimmed away), and with sparse storage (the bytes
-  `prunebert compress` would write for the weights, lossless: `prunebert.storage.encode_tensor` on every
-  tensor of the model's safetensors); mask files are not counted, inference does not need them;
+  `prunebert compress` would write for the weights, lossless: `prunebert.deploy.storage.encode_tensor`
+  on every tensor of the model's safetensors); mask files are not counted, inference does not need them;
 - inference speed relative to the dense model, from a `prunebert bench --json-out` file given with
   `--bench` (torch fp32 eager by default, first batch size; models matched by their run directory),
   else "not measured";
@@ -27,12 +27,12 @@ from typing import Any
 
 from safetensors import safe_open
 
+from prunebert.deploy.storage import encode_tensor
 from prunebert.errors import PrunebertError
-from prunebert.fixed_attention import CONFIG_KEY
 from prunebert.masks import MASKS_FILE
 from prunebert.methods.registry import method_class
 from prunebert.report.data import Section, Skip, StudyResults, mask_set
-from prunebert.storage import encode_tensor
+from prunebert.transforms.fixed_attention import CONFIG_KEY
 
 __all__ = [
     "COLUMNS",

@@ -16,13 +16,13 @@ import yaml
 from pydantic import Field
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
 
-from prunebert.checkpoints import last_complete, remove_incomplete
-from prunebert.config import StrictModel
 from prunebert.distributed import gather_strings, is_main_process, mask_digest
 from prunebert.errors import PrunebertError
 from prunebert.io import atomic_path, write_json
 from prunebert.models import save_pruned
 from prunebert.pruner import Pruner
+from prunebert.recipes import StrictModel
+from prunebert.stages.checkpoints import last_complete, remove_incomplete
 
 __all__ = [
     "RESULTS_FILE",

@@ -19,13 +19,12 @@ from pydantic import Field
 from transformers import DataCollatorWithPadding, PreTrainedModel, Trainer, TrainerCallback, set_seed
 
 from prunebert.callback import PruningCallback
-from prunebert.checkpoints import resume_callbacks
 from prunebert.config import PruningConfig
 from prunebert.data import TaskData
-from prunebert.distill import DistillationTrainer, DistillConfig, Distiller
+from prunebert.data.spec import TaskSpec
 from prunebert.errors import PrunebertError
-from prunebert.fixed_attention import FixedAttentionConfig, assignment_of, fix_heads
 from prunebert.models import load_model, transfer_pruner
+from prunebert.stages.checkpoints import resume_callbacks
 from prunebert.stages.common import (
     RECIPE_FILE,
     RunDir,
@@ -34,7 +33,9 @@ from prunebert.stages.common import (
     sparsity_report,
     training_arguments,
 )
-from prunebert.stages.evaluate import TaskSpec, evaluate_splits, head_for
+from prunebert.stages.distill import DistillationTrainer, DistillConfig, Distiller
+from prunebert.stages.evaluate import evaluate_splits, head_for
+from prunebert.transforms.fixed_attention import FixedAttentionConfig, assignment_of, fix_heads
 
 __all__ = ["FinetuneConfig", "auto_teacher", "check_teacher", "load_teacher", "run_finetune"]
 

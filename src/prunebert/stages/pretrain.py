@@ -26,12 +26,13 @@ from transformers import (
 )
 
 from prunebert.callback import PruningCallback
-from prunebert.checkpoints import resume_callbacks
-from prunebert.config import PruningConfig, StrictModel
+from prunebert.config import PruningConfig
 from prunebert.data import SeededMLMCollator, build_mlm_datasets, load_text
 from prunebert.data.nsp import build_nsp_datasets
 from prunebert.errors import PrunebertError
 from prunebert.models import has_nsp_head, load_model, transfer_pruner
+from prunebert.recipes import StrictModel
+from prunebert.stages.checkpoints import resume_callbacks
 from prunebert.stages.common import (
     RunDir,
     TrainConfig,

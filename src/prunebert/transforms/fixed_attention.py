@@ -37,11 +37,11 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 from transformers import PreTrainedModel
 
-from prunebert.config import StrictModel
 from prunebert.errors import PrunebertError
-from prunebert.slim import is_slim
+from prunebert.recipes import StrictModel
 from prunebert.structure import head_size
 from prunebert.targets import find_targets
+from prunebert.transforms.slim import is_slim
 
 __all__ = [
     "CONFIG_KEY",

@@ -26,8 +26,8 @@ from transformers import (
     TrainingArguments,
 )
 
-from prunebert.config import StrictModel
 from prunebert.errors import PrunebertError
+from prunebert.recipes import StrictModel
 
 __all__ = [
     "DistillConfig",

@@ -2,7 +2,7 @@
 
 A variant is a `+`-joined name: `fp32` (as loaded), `bf16` (all weights and activations bfloat16),
 `int8` (`torch.ao.quantization.quantize_dynamic`: int8 weights, activations quantized per batch, fp32
-accumulate), `csr` (CSR Linears where measured faster, see `prunebert.sparse_linear`), `csr+int8` (CSR
+accumulate), `csr` (CSR Linears where measured faster, see `prunebert.deploy.sparse_linear`), `csr+int8` (CSR
 where faster than the layer's int8 twin, int8 for the remaining Linears). Each works on whatever Linears
 the model has, so they combine with slimmed (structurally smaller) models unchanged. CSR has no bf16
 kernel: `csr+bf16` is refused.
@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunebert.deploy.sparse_linear import probes_as_dicts, swap_csr_linears
 from prunebert.errors import PrunebertError
-from prunebert.sparse_linear import probes_as_dicts, swap_csr_linears
 
 __all__ = ["TORCH_VARIANTS", "CSRSettings", "parse_variant", "prepare_torch_variant", "quantize_int8"]
 

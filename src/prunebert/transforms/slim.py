@@ -16,8 +16,9 @@ transformers v5 dropped `prune_heads` / `config.pruned_heads`, so a slimmed mode
 numbers are the original model's; the config's own sizes stay those of the full model).
 `load_slim` (and `prunebert.models.load_model`) builds the full architecture from the config, shrinks
 each layer to that layout, rebuilds the factorised modules of a `prunebert_lowrank` entry
-(`prunebert.lowrank`), then loads the smaller safetensors strictly. Plain `from_pretrained` cannot load
-it: the shapes do not match the config. Heads and neurons whose projections are factorised are never cut.
+(`prunebert.transforms.lowrank`), then loads the smaller safetensors strictly. Plain `from_pretrained`
+cannot load it: the shapes do not match the config. Heads and neurons whose projections are factorised
+are never cut.
 """
 
 from __future__ import annotations
@@ -36,10 +37,10 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
 from prunebert.errors import PrunebertError
-from prunebert.layer_skip import renumber_skipped
-from prunebert.lowrank import has_lowrank, rebuild_lowrank, renumber_lowrank
 from prunebert.structure import INPUT_ROLES, OUTPUT_ROLES, GroupSet, encoder_layers, group_sets, kept_groups
 from prunebert.targets import ENCODER_ROLES, find_targets, role_modules
+from prunebert.transforms.layer_skip import renumber_skipped
+from prunebert.transforms.lowrank import has_lowrank, rebuild_lowrank, renumber_lowrank
 
 __all__ = [
     "SLIM_KEY",

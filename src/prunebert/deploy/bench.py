@@ -29,18 +29,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from prunebert.bench_runners import (
+from prunebert.deploy.bench_runners import (
     DEFAULT_VARIANTS,
     BuiltRunner,
     RunnerFactory,
     RunnerSettings,
     check_variants,
 )
+from prunebert.deploy.inference import weight_bytes
+from prunebert.deploy.torch_variants import CSRSettings
 from prunebert.errors import PrunebertError
-from prunebert.inference import weight_bytes
-from prunebert.lowrank import matmul_size
 from prunebert.targets import ENCODER_ROLES, role_modules
-from prunebert.torch_variants import CSRSettings
+from prunebert.transforms.lowrank import matmul_size
 
 __all__ = ["BenchSettings", "encoder_flops", "format_bench", "run_bench", "summarize_rounds"]
 
@@ -149,9 +149,9 @@ def encoder_flops(model: nn.Module, seq_len: int) -> dict[str, int] | None:
     """Multiply-adds x 2 of one sequence through the encoder's matmuls: dense, and counting nonzero weights.
 
     Linears: 2 x in x out per token (nonzero: 2 x nnz(W) per token); factorised and split ones
-    (`prunebert.lowrank`) count their factors. Attention: Q K^T and A V cost 2 x seq x seq x (heads x
-    head_dim) each per layer, read from the query/value projections' widths, so slimmed layers of
-    different shapes count correctly. None if the model has no known encoder roles.
+    (`prunebert.transforms.lowrank`) count their factors. Attention: Q K^T and A V cost
+    2 x seq x seq x (heads x head_dim) each per layer, read from the query/value projections' widths, so
+    slimmed layers of different shapes count correctly. None if the model has no known encoder roles.
     """
     try:
         modules = role_modules(model, ENCODER_ROLES)

@@ -1,6 +1,6 @@
 """`prunebert export`: a model to ONNX or OpenVINO IR, optionally int8, checked against PyTorch.
 
-The export itself runs in a child process (`python -m prunebert.export_worker`): `torch.onnx.export`
+The export itself runs in a child process (`python -m prunebert.deploy.export_worker`): `torch.onnx.export`
 was measured to slow every later eager call of the same process by ~35%, which would poison a
 benchmark or any serving code that exports first. The child writes into a temporary directory beside
 OUT and renames it into place only when everything, the manifest `prunebert_export.json` last, is written.
@@ -27,10 +27,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from prunebert.deploy.inference import refuse_compressed
+from prunebert.deploy.runtimes import require
 from prunebert.errors import PrunebertError
-from prunebert.inference import refuse_compressed
 from prunebert.models import load_config
-from prunebert.runtimes import require
 
 __all__ = ["EXPORT_FILE", "FILES", "FORMATS", "ExportOptions", "export_model", "format_export"]
 
@@ -88,7 +88,7 @@ def export_model(options: ExportOptions, overwrite: bool = False, quiet: bool = 
     out = Path(options.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise PrunebertError(f"{out} exists and is not empty; pass a new directory or --overwrite")
-    command = [sys.executable, "-m", "prunebert.export_worker", json.dumps(asdict(options))]
+    command = [sys.executable, "-m", "prunebert.deploy.export_worker", json.dumps(asdict(options))]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(command, capture_output=quiet, text=True, env=env, check=False)
     if proc.returncode != 0:

@@ -23,8 +23,8 @@ task head loads headless and back) and current layer numbers:
     "prunebert_lowrank": {"version": 1, "factorized": {"encoder.layer.0.attention.self.query": 32},
                           "split": {"encoder.layer.0.output.dense": 13}}
 
-`prunebert.slim.load_slim` (and `prunebert.models.load_model`) rebuild those modules before loading the
-weights; plain `from_pretrained` cannot (the shapes differ from the config's).
+`prunebert.transforms.slim.load_slim` (and `prunebert.models.load_model`) rebuild those modules before
+loading the weights; plain `from_pretrained` cannot (the shapes differ from the config's).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The runners `prunebert bench` times: one per (model, variant), built once and reused across rounds.
 
 Variants: `torch` (eager fp32, as loaded), `torch-bf16`, `torch-int8`, `torch-csr`, `torch-csr+int8` (see
-`prunebert.torch_variants`), `onnxruntime`, `onnxruntime-int8`, `openvino`, `openvino-int8`. ONNX and
-OpenVINO files are exported by `prunebert.export` in a child process into a scratch directory, so this
+`prunebert.deploy.torch_variants`), `onnxruntime`, `onnxruntime-int8`, `openvino`, `openvino-int8`. ONNX and
+OpenVINO files are exported by `prunebert.deploy.export` in a child process into a scratch directory, so this
 process never runs `torch.onnx.export` (which slows later eager calls). Without a calibration task the
 int8 exports are the data-free kinds (ONNX Runtime dynamic, NNCF weight-only); with one, static.
 """
@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from prunebert.deploy.export import FILES, ExportOptions, export_model
+from prunebert.deploy.inference import InferenceModel, example_inputs, load_inference_model
+from prunebert.deploy.runtimes import Runner, available, onnxruntime_runner, openvino_runner, torch_runner
+from prunebert.deploy.torch_variants import TORCH_VARIANTS, CSRSettings, prepare_torch_variant
 from prunebert.errors import PrunebertError
-from prunebert.export import FILES, ExportOptions, export_model
-from prunebert.inference import InferenceModel, example_inputs, load_inference_model
-from prunebert.runtimes import Runner, available, onnxruntime_runner, openvino_runner, torch_runner
-from prunebert.torch_variants import TORCH_VARIANTS, CSRSettings, prepare_torch_variant
 
 __all__ = ["EXPORT_VARIANTS", "VARIANTS", "RunnerFactory", "RunnerSettings", "check_variants"]
 
@@ -47,7 +47,7 @@ def check_variants(names: list[str], explicit: bool) -> tuple[list[str], list[di
         needs = ExportOptions("-", "-", *EXPORT_VARIANTS[name]).needs() if name in EXPORT_VARIANTS else ()
         missing = [m for m in needs if not available(m)]
         if missing and explicit:
-            from prunebert.runtimes import require
+            from prunebert.deploy.runtimes import require
 
             require(*missing)
         if missing:

@@ -19,7 +19,7 @@ from prunebert.metrics import PRIMARY_METRIC
 from prunebert.stages.common import environment
 
 if TYPE_CHECKING:
-    from prunebert.study import Cell
+    from prunebert.study.plan import Cell
 
 __all__ = [
     "CSV_FILE",

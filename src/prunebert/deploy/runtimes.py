@@ -1,6 +1,6 @@
 """Inference runtimes behind one signature: named int64 arrays in, a float32 array out.
 
-torch eager (any variant from `prunebert.torch_variants`), ONNX Runtime (an exported `.onnx`) and
+torch eager (any variant from `prunebert.deploy.torch_variants`), ONNX Runtime (an exported `.onnx`) and
 OpenVINO (an exported IR `.xml`). The optional runtimes are imported only when used; a missing one is a
 one-line error naming the extra that installs it.
 """
@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from prunebert.deploy.inference import as_numpy
 from prunebert.errors import PrunebertError
-from prunebert.inference import as_numpy
 
 __all__ = [
     "EXTRAS",

@@ -1,6 +1,6 @@
-"""The child process of `prunebert.export`: export, quantize, check and score, then move OUT into place.
+"""The child process of `prunebert.deploy.export`: export, quantize, check, score, then move OUT in place.
 
-Run as `python -m prunebert.export_worker '<ExportOptions as JSON>'`; a PrunebertError is printed as
+Run as `python -m prunebert.deploy.export_worker '<ExportOptions as JSON>'`; a PrunebertError is printed as
 `prunebert: error: ...` on stderr with exit status 2, which the parent re-raises.
 """
 
@@ -22,18 +22,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from prunebert.errors import PrunebertError
-from prunebert.export import EXPORT_FILE, FILES, ExportOptions
-from prunebert.inference import (
+from prunebert.deploy.export import EXPORT_FILE, FILES, ExportOptions
+from prunebert.deploy.inference import (
     InferenceModel,
     TaskBatches,
     example_inputs,
     load_inference_model,
     task_batches,
 )
+from prunebert.deploy.runtimes import Runner, onnxruntime_runner, openvino_runner, torch_runner
+from prunebert.errors import PrunebertError
 from prunebert.io import write_json
 from prunebert.metrics import compute_metrics
-from prunebert.runtimes import Runner, onnxruntime_runner, openvino_runner, torch_runner
 
 __all__ = ["check_inputs", "export_onnx", "export_openvino", "main", "run_export"]
 

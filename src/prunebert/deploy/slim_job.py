@@ -12,11 +12,11 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from prunebert.errors import PrunebertError
 from prunebert.io import write_json
-from prunebert.layer_skip import skipped_layers
-from prunebert.lowrank import LOWRANK_KEY, factorized_names, slim_lowrank
 from prunebert.masks import MASKS_FILE, save_masks
 from prunebert.models import Head, load_config, load_model, transfer_pruner
-from prunebert.slim import SLIM_KEY, layer_count, plan_slim, slice_masks, slim_with_changes
+from prunebert.transforms.layer_skip import skipped_layers
+from prunebert.transforms.lowrank import LOWRANK_KEY, factorized_names, slim_lowrank
+from prunebert.transforms.slim import SLIM_KEY, layer_count, plan_slim, slice_masks, slim_with_changes
 
 __all__ = ["format_summary", "run_slim"]
 
@@ -50,7 +50,7 @@ def run_slim(
     """Slim `source` into `output` (model, tokenizer, cut masks, slim.json); returns the summary.
 
     Layers a LayerDrop run skips are dropped with those in `drop_layers`; factorised modules (lowrank)
-    become two smaller Linears or one dense Linear (`prunebert.lowrank.slim_lowrank`).
+    become two smaller Linears or one dense Linear (`prunebert.transforms.lowrank.slim_lowrank`).
     """
     if (output / "config.json").exists() and not overwrite:
         raise PrunebertError(f"{output} already holds a model; pass --overwrite or choose another OUT")

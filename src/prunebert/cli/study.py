@@ -6,18 +6,20 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-__all__ = ["STUDY_COMMANDS", "add_study_parsers", "run_study_command"]
+from prunebert.cli.train import Command
 
-STUDY_COMMANDS = ("study", "report")
+__all__ = ["COMMANDS"]
 
 
-def add_study_parsers(sub: Any) -> None:
-    """Add `study RECIPE` and `report RESULTS_DIR` to the subcommands."""
+def _add_study(sub: Any) -> None:
     study = sub.add_parser(
         "study", help="a resumable grid of methods x sparsities x stages x tasks, aggregated to results.csv"
     )
     study.add_argument("recipe", help="study recipe (YAML), e.g. recipes/study-default.yaml")
     study.add_argument("--output_dir", help="where the runs and results go (overrides the recipe's)")
+
+
+def _add_report(sub: Any) -> None:
     report = sub.add_parser("report", help="PNG figures and one HTML page from a study's results")
     report.add_argument("results_dir", help="the output_dir of a `prunebert study` run")
     report.add_argument("--output", help="where the PNGs and report.html go (default RESULTS_DIR/report)")
@@ -38,20 +40,20 @@ def add_study_parsers(sub: Any) -> None:
     )
 
 
-def run_study_command(args: argparse.Namespace) -> None:
-    """Run `study` or `report` and print where the results went."""
-    if args.command == "study":
-        from prunebert.study import load_study, run_study
-        from prunebert.study_results import CSV_FILE, format_cells
+def _study(args: argparse.Namespace) -> None:
+    from prunebert.study import load_study, run_study
+    from prunebert.study.results import CSV_FILE, format_cells
 
-        cfg = load_study(Path(args.recipe), Path(args.output_dir) if args.output_dir else None)
-        table = run_study(cfg)
-        print(format_cells(table["cells"]))
-        print(
-            f"\n{len(table['cells'])} cells; ran {table['runs_executed']} of {table['runs_total']} runs "
-            f"(the rest were finished); results: {cfg.output_dir / CSV_FILE}"
-        )
-        return
+    cfg = load_study(Path(args.recipe), Path(args.output_dir) if args.output_dir else None)
+    table = run_study(cfg)
+    print(format_cells(table["cells"]))
+    print(
+        f"\n{len(table['cells'])} cells; ran {table['runs_executed']} of {table['runs_total']} runs "
+        f"(the rest were finished); results: {cfg.output_dir / CSV_FILE}"
+    )
+
+
+def _report(args: argparse.Namespace) -> None:
     from prunebert.report import PAGE, ReportOptions, build_report
 
     options = ReportOptions(
@@ -66,3 +68,7 @@ def run_study_command(args: argparse.Namespace) -> None:
         where = section.png or (out / "comparison.csv" if section.table else None)
         print(f"{section.name:<24} " + (str(where) if where else f"skipped: {section.note}"))
     print(f"\nreport: {out / PAGE}")
+
+
+#: command -> (add its parser to the subcommands, run it)
+COMMANDS: dict[str, Command] = {"study": (_add_study, _study), "report": (_add_report, _report)}

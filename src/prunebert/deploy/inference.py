@@ -104,7 +104,7 @@ def load_inference_model(spec: str) -> InferenceModel:
 
 def refuse_compressed(spec: str) -> None:
     """A directory written by `prunebert compress` must be decompressed before it can run."""
-    from prunebert.storage import SUFFIX
+    from prunebert.deploy.storage import SUFFIX
 
     directory = Path(resolve_model_path(spec))
     if directory.is_dir() and any(directory.glob("*" + SUFFIX)):

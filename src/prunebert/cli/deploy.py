@@ -7,11 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from prunebert.errors import PrunebertError
+from prunebert.cli.train import Command
 
-__all__ = ["DEPLOY_COMMANDS", "add_deploy_parsers", "run_deploy"]
-
-DEPLOY_COMMANDS = ("compress", "decompress", "export", "bench")
+__all__ = ["COMMANDS"]
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -25,7 +23,7 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in text.split(",") if x.strip())
 
 
-def _add_storage(sub: Any) -> None:
+def _add_compress(sub: Any) -> None:
     compress = sub.add_parser("compress", help="store a sparse model compactly (bitmask + packed values)")
     compress.add_argument("src", help="model directory (save_pretrained) or prunebert run directory")
     compress.add_argument("out", help="directory to write")
@@ -35,6 +33,9 @@ def _add_storage(sub: Any) -> None:
     )
     compress.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT")
     compress.add_argument("--json", action="store_true", help="print the size report as JSON")
+
+
+def _add_decompress(sub: Any) -> None:
     decompress = sub.add_parser("decompress", help="rebuild the plain safetensors model from `compress`")
     decompress.add_argument("src", help="directory written by prunebert compress")
     decompress.add_argument("out", help="directory to write")
@@ -98,17 +99,10 @@ def _add_bench(sub: Any) -> None:
     bench.add_argument("--json", action="store_true", help="print JSON instead of the table")
 
 
-def add_deploy_parsers(sub: Any) -> None:
-    """Add compress, decompress, export and bench to the `prunebert` subcommands."""
-    _add_storage(sub)
-    _add_export(sub)
-    _add_bench(sub)
-
-
 def _bench(args: argparse.Namespace) -> None:
-    from prunebert.bench import BenchSettings, format_bench, run_bench
+    from prunebert.deploy.bench import BenchSettings, format_bench, run_bench
+    from prunebert.deploy.torch_variants import CSRSettings
     from prunebert.io import write_json
-    from prunebert.torch_variants import CSRSettings
 
     settings = BenchSettings(
         variants=args.variants,
@@ -133,7 +127,7 @@ def _bench(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from prunebert.export import ExportOptions, export_model, format_export
+    from prunebert.deploy.export import ExportOptions, export_model, format_export
 
     options = ExportOptions(
         model=args.model,
@@ -151,23 +145,24 @@ def _export(args: argparse.Namespace) -> None:
     print(json.dumps(manifest, indent=2) if args.json else format_export(manifest))
 
 
-def run_deploy(args: argparse.Namespace) -> None:
-    """Run one of DEPLOY_COMMANDS."""
-    if args.command == "compress":
-        from prunebert.storage import compress_model, format_report
+def _compress(args: argparse.Namespace) -> None:
+    from prunebert.deploy.storage import compress_model, format_report
 
-        report = compress_model(
-            Path(args.src), Path(args.out), args.fp16, args.canonical_zeros, args.overwrite
-        )
-        print(json.dumps(report, indent=2) if args.json else format_report(report))
-    elif args.command == "decompress":
-        from prunebert.storage import decompress_model
+    report = compress_model(Path(args.src), Path(args.out), args.fp16, args.canonical_zeros, args.overwrite)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
 
-        result = decompress_model(Path(args.src), Path(args.out), args.overwrite)
-        print(f"decompressed {result['input']} -> {result['output']} ({', '.join(result['files'])})")
-    elif args.command == "export":
-        _export(args)
-    elif args.command == "bench":
-        _bench(args)
-    else:
-        raise PrunebertError(f"unknown command {args.command!r}")
+
+def _decompress(args: argparse.Namespace) -> None:
+    from prunebert.deploy.storage import decompress_model
+
+    result = decompress_model(Path(args.src), Path(args.out), args.overwrite)
+    print(f"decompressed {result['input']} -> {result['output']} ({', '.join(result['files'])})")
+
+
+#: command -> (add its parser to the subcommands, run it)
+COMMANDS: dict[str, Command] = {
+    "compress": (_add_compress, _compress),
+    "decompress": (_add_decompress, _decompress),
+    "export": (_add_export, _export),
+    "bench": (_add_bench, _bench),
+}

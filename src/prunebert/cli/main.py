@@ -1,0 +1,78 @@
+"""The `prunebert` command: pretrain | finetune | evaluate | info | methods | slim | demo
+(`prunebert.cli.train`), the deployment commands compress | decompress | export | bench
+(`prunebert.cli.deploy`), and the study commands study | report (`prunebert.cli.study`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from prunebert.errors import PrunebertError
+
+if TYPE_CHECKING:
+    from prunebert.cli.train import Command
+
+__all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line naming the fix, like every other prunebert error."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print `prunebert: error: ...; see ... --help` and exit with status 2."""
+        self.exit(2, f"prunebert: error: {message}; see `{self.prog} --help`\n")
+
+    def add_argument(self, *names: Any, **kwargs: Any) -> argparse.Action:
+        """`add_argument`, every long option accepted with dashes and with underscores."""
+        return super().add_argument(*_both_spellings(names), **kwargs)
+
+
+def _both_spellings(names: Sequence[str]) -> list[str]:
+    """`--output_dir` also as `--output-dir` and the other way round: either spelling works."""
+    out = list(names)
+    for name in names:
+        if name.startswith("--"):
+            other = "--" + (name[2:].replace("_", "-") if "_" in name else name[2:].replace("-", "_"))
+            if other not in out:
+                out.append(other)
+    return out
+
+
+def _commands() -> dict[str, Command]:
+    from prunebert.cli import deploy, study, train
+
+    return {**train.COMMANDS, **deploy.COMMANDS, **study.COMMANDS}
+
+
+def _build_parser(commands: dict[str, Command] | None = None) -> argparse.ArgumentParser:
+    parser = _Parser(prog="prunebert", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add_parser, _ in (commands or _commands()).values():
+        add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; user errors print one line on stderr and exit with status 2."""
+    commands = _commands()
+    parser = _build_parser(commands)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # reported here, where the subcommand whose --help lists the options is known
+        fix = f"see `prunebert {args.command} --help`"
+        parser.exit(2, f"prunebert: error: unrecognized arguments: {' '.join(unknown)}; {fix}\n")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        commands[args.command][1](args)
+    except PrunebertError as exc:
+        print(f"prunebert: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # e.g. `prunebert info ... | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        print("prunebert: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+    return 0
