@@ -1,5 +1,8 @@
-"""oBERT (`obs`): golden block-Fisher maths and the chunked accumulation."""
+"""oBERT (`obs`): golden block-Fisher maths, the chunked accumulation, the sampler's isolation."""
 
+import random
+
+import numpy as np
 import pytest
 import torch
 
@@ -14,8 +17,17 @@ from prunebert.methods.obs import (
     obs_update,
     to_blocks,
 )
+from prunebert.pruner import Pruner
+from prunebert.sampling import GradientSampler
+from tiny import tiny_classifier
 
 F64 = torch.float64
+
+
+def _batches(n: int, seed: int = 0, size: int = 4) -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    ids = [torch.randint(5, 128, (size, 10), generator=g) for _ in range(n)]
+    return [{"input_ids": x, "labels": x[:, 0] % 2} for x in ids]
 
 
 # -- pure functions ---------------------------------------------------------------------------------
@@ -134,3 +146,31 @@ def test_options_are_validated() -> None:
     with pytest.raises(PrunebertError, match="unknown option"):
         PruningConfig(method="obs", options={"fisher_block_size": 50})
     assert PruningConfig(method="obs").scope == "global"
+
+
+# -- gradient sampling ---------------------------------------------------------------------------------
+def test_sampler_leaves_the_training_run_untouched() -> None:
+    model = tiny_classifier().train()
+    model.bert.encoder.layer[0].eval()  # a mixed mode survives too
+    model(**_batches(1, seed=9)[0]).loss.backward()
+    before = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    torch.manual_seed(5), random.seed(5), np.random.seed(5)
+    states = torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy()
+    seen = []
+    sampler = GradientSampler.from_batches(_batches(2))
+    for _ in sampler.backwards(model, 3, None, seed=0):
+        assert not model.training  # dropout off while sampling
+        seen.append(next(model.parameters()).grad is not None)
+    assert seen == [True, True, True]
+    assert model.training and not model.bert.encoder.layer[0].training
+    assert {n: p.grad for n, p in model.named_parameters() if p.grad is not None}.keys() == before.keys()
+    assert all(torch.equal(p.grad, before[n]) for n, p in model.named_parameters() if p.grad is not None)
+    assert torch.equal(torch.get_rng_state(), states[0]) and random.getstate() == states[1]
+    assert np.array_equal(np.random.get_state()[1], states[2])
+
+
+def test_missing_sampler_is_a_one_line_error() -> None:
+    pruner = Pruner(tiny_classifier(), PruningConfig(method="obs", sparsity=0.5, schedule="oneshot"))
+    pruner.start(4)
+    with pytest.raises(PrunebertError, match=r"needs gradient samples.*PruningCallback"):
+        pruner.update(0)

@@ -9,6 +9,10 @@ Usable in any user's own Trainer:
 
 Checkpoints written by the Trainer get the pruner's masks and method state beside them, and
 `trainer.train(resume_from_checkpoint=...)` restores them before the first resumed step.
+
+A method that asks for gradient samples at each mask update (`obs`) gets a sampler over the Trainer's
+training data (its dataset and collator, through a loader of the sampler's own), unless the pruner
+already has one.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from prunebert.errors import PrunebertError
 from prunebert.masks import MASKS_FILE
 from prunebert.pruner import Pruner
+from prunebert.sampling import GradientSampler
 
 __all__ = ["PruningCallback"]
 
@@ -49,6 +54,10 @@ class PruningCallback(TrainerCallback):
                     "without PruningCallback, or interrupted while saving); resume from an earlier checkpoint"
                 )
             self.pruner.load(checkpoint)
+        loader = kwargs.get("train_dataloader")
+        wants_samples = self.pruner.method.gradient_request() is not None
+        if wants_samples and self.pruner.gradient_sampler is None and loader is not None:
+            self.pruner.gradient_sampler = GradientSampler.from_dataloader(loader)
         self.pruner.start(state.max_steps)
         self.pruner.update(state.global_step, kwargs.get("optimizer"))
         self.pruner.enforce()

@@ -14,6 +14,11 @@ Invariant: after `after_optimizer_step` and `update`, every pruned weight is exa
 gradient (from `after_backward` on) and optimizer moments are 0 too, so AdamW (weight decay, momentum),
 gradient accumulation, clipping and mixed precision cannot move it.
 
+Second-order methods (oBERT, `obs`) ask for fresh gradient samples before each mask update
+(`gradient_request`): the pruner draws them from its `gradient_sampler` (PruningCallback gives it one
+over the Trainer's training data; `GradientSampler.from_batches` makes one of calibration batches),
+masks them and hands them to the method, without touching the training run's gradients or random state.
+
 Gradients are masked as they are computed (a hook per weight), except for methods that read the pruned
 entries' gradients (`needs_pruned_gradients`, movement pruning's straight-through estimator): for them
 `after_backward` masks `weight.grad` after the method has read it, so it must run before every
@@ -23,6 +28,7 @@ optimizer step, and gradient clipping (which runs before it) sees the pruned ent
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +42,7 @@ from prunebert.errors import PrunebertError
 from prunebert.io import atomic_path
 from prunebert.masks import MASKS_FILE, PackedMasks, global_masks, layerwise_masks, load_masks, save_masks
 from prunebert.methods import create_method
+from prunebert.sampling import GradientSampler
 from prunebert.schedules import Fixed, Schedule, build_schedule
 from prunebert.targets import Target, find_targets
 
@@ -70,6 +77,8 @@ class Pruner:
         self.history: list[tuple[int, float]] = []
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._gradients_masked = False  # by `after_backward`, for methods that read pruned gradients
+        #: where methods that ask for gradient samples (`obs`) get them at each mask update
+        self.gradient_sampler: GradientSampler | None = None
 
     # -- the weights -------------------------------------------------------------------------------
     def _pairs(self) -> list[tuple[Target, nn.Parameter]]:
@@ -161,6 +170,7 @@ class Pruner:
         target = self.schedule.sparsity_at(step)
         if isinstance(self.schedule, Fixed) or target == self.sparsity:
             return False
+        self._sample_gradients(step)
         masks = broadcast_masks(self._choose(target))  # decided once: rank 0's choice
         self.method.on_masks_changing(self.masks, masks, self.weights())  # weights not yet re-zeroed
         self._set_masks(masks)
@@ -170,6 +180,26 @@ class Pruner:
         self.enforce()
         self.method.on_masks_updated(target, final=target >= self.config.sparsity)
         return True
+
+    def _sample_gradients(self, step: int) -> None:
+        """Hand the method the gradient samples it asks for, pruned entries zeroed (seeded by step, so
+        a resumed run draws the same mini-batches)."""
+        request = self.method.gradient_request()
+        if request is None:
+            return
+        if self.gradient_sampler is None:
+            raise PrunebertError(
+                f"{self.method.name} pruning needs gradient samples at each mask update: train with "
+                "PruningCallback, call prune_oneshot with calibration batches, or set pruner.gradient_sampler"
+            )
+        weights = self.weights()
+        masks = {name: self.masks[name].to(w.device) for name, w in weights.items()}
+        seed = (self.config.seed * 1_000_003 + step) % 2**63
+        passes = self.gradient_sampler.backwards(self.model, request.count, request.batch_size, seed)
+        with closing(passes):
+            for _ in passes:
+                grads = {n: torch.zeros_like(w) if w.grad is None else w.grad for n, w in weights.items()}
+                self.method.observe_gradients({n: g * masks[n] for n, g in grads.items()})
 
     def _choose(self, sparsity: float) -> dict[str, torch.Tensor]:
         weights = {n: w.detach() for n, w in self.weights().items()}

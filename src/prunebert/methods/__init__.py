@@ -8,6 +8,7 @@ from prunebert.methods import (  # noqa: F401  (registers them)
     magnitude,
     movement,
     nip,
+    obs,
     random_baseline,
     rpp,
     structured,
