@@ -16,8 +16,8 @@ gradient accumulation, clipping and mixed precision cannot move it.
 
 Second-order methods (oBERT, `obs`) ask for fresh gradient samples before each mask update
 (`gradient_request`): the pruner draws them from its `gradient_sampler` (PruningCallback gives it one
-over the Trainer's training data; `GradientSampler.from_batches` makes one of calibration batches),
-masks them and hands them to the method, without touching the training run's gradients or random state.
+over the Trainer's training data, `prune_oneshot` one over calibration batches), masks them and hands
+them to the method, without touching the training run's gradients or random state.
 
 Gradients are masked as they are computed (a hook per weight), except for methods that read the pruned
 entries' gradients (`needs_pruned_gradients`, movement pruning's straight-through estimator): for them
@@ -27,7 +27,7 @@ optimizer step, and gradient clipping (which runs before it) sees the pruned ent
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -42,11 +42,11 @@ from prunebert.errors import PrunebertError
 from prunebert.io import atomic_path
 from prunebert.masks import MASKS_FILE, PackedMasks, global_masks, layerwise_masks, load_masks, save_masks
 from prunebert.methods import create_method
-from prunebert.sampling import GradientSampler
-from prunebert.schedules import Fixed, Schedule, build_schedule
+from prunebert.sampling import Batch, GradientSampler
+from prunebert.schedules import Fixed, Iterative, Schedule, build_schedule
 from prunebert.targets import Target, find_targets
 
-__all__ = ["METHOD_STATE_FILE", "Pruner"]
+__all__ = ["METHOD_STATE_FILE", "Pruner", "prune_oneshot"]
 
 METHOD_STATE_FILE = "prunebert_method_state.safetensors"
 
@@ -290,3 +290,30 @@ class Pruner:
                     f"weight is {tuple(self.masks.shape(name))}; the masks come from another model"
                 )
             self.masks[name] = masks[name].to(weights[name].device, torch.bool)
+
+
+def prune_oneshot(
+    model: nn.Module,
+    config: PruningConfig,
+    calibration: Sequence[Batch] | GradientSampler | None = None,
+    steps: int = 1,
+) -> Pruner:
+    """Prune `model` to `config.sparsity` without training, in `steps` equal increments of sparsity.
+
+    Each increment re-scores (and, for `obs`, re-samples `num_grads` gradients from `calibration`, a
+    few hundred labelled examples in mini-batches, and applies the OBS update): oBERT's one-shot
+    recomputations, which matter when much is removed at once. `config.schedule` is not used here:
+    give it "fixed" to fine-tune afterwards under PruningCallback with these masks. Returns the pruner
+    (`bake()` it to write the zeros for good).
+    """
+    if steps < 1:
+        raise PrunebertError(f"steps must be at least 1, got {steps}")
+    pruner = Pruner(model, config)
+    if isinstance(calibration, GradientSampler):
+        pruner.gradient_sampler = calibration
+    elif calibration is not None:
+        pruner.gradient_sampler = GradientSampler.from_batches(calibration)
+    pruner.schedule = Iterative(config.sparsity, 0, steps, steps)
+    for step in range(steps):
+        pruner.update(step)
+    return pruner
