@@ -16,12 +16,12 @@ import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerBase, Trainer
 
 from prunebert import PruningCallback, PruningConfig, available_methods
-from prunebert.layer_skip import restore_skipped_layers
-from prunebert.lowrank import LOWRANK_KEY
 from prunebert.models import save_pruned
 from prunebert.pruner import Pruner
-from prunebert.slim import load_slim
 from prunebert.structure import kept_groups
+from prunebert.transforms.layer_skip import restore_skipped_layers
+from prunebert.transforms.lowrank import LOWRANK_KEY
+from prunebert.transforms.slim import load_slim
 from tiny import StopAt, tiny_classifier, tiny_dataset, tiny_training_args
 
 STEPS = 16
