@@ -5,7 +5,15 @@ import itertools
 import pytest
 
 from prunebert.errors import PrunebertError
-from prunebert.schedules import Cubic, Fixed, Iterative, OneShot, build_schedule
+from prunebert.schedules import (
+    Cubic,
+    Fixed,
+    Iterative,
+    OneShot,
+    RewindLR,
+    build_schedule,
+    mask_update_steps,
+)
 
 
 def test_cubic_matches_zhu_gupta_formula() -> None:
@@ -44,3 +52,27 @@ def test_build_schedule_resolves_fractions() -> None:
     assert s == Cubic(0.6, 20, 100, 4, 0.0)
     with pytest.raises(PrunebertError, match="unknown schedule"):
         build_schedule("linear", 0.5, 10)
+
+
+def test_mask_update_steps_of_a_cubic_schedule() -> None:
+    s = Cubic(target=0.9, start_step=0, end_step=40, frequency=10, initial=0.5)
+    assert mask_update_steps(s, 100) == [10, 20, 30, 40]
+    assert mask_update_steps(OneShot(0.9), 100) == []
+    assert mask_update_steps(Fixed(0.5), 100) == []
+
+
+def test_rewind_lr_restarts_at_every_mask_update_and_recovers_to_zero() -> None:
+    lr = RewindLR(restarts=(10, 20), total=40, warmup=0, floor=0.1)
+    assert [lr.factor(t) for t in (0, 5, 9)] == pytest.approx([1.0, 1 - 0.9 * 0.5, 1 - 0.9 * 0.9])
+    assert lr.factor(10) == 1.0  # rewound at the mask update
+    assert lr.factor(19) == pytest.approx(1 - 0.9 * 0.9)
+    assert [lr.factor(t) for t in (20, 30, 39, 40)] == pytest.approx([1.0, 0.5, 1 / 20, 0.0])
+
+
+def test_rewind_lr_warms_up_the_first_cycle_and_ignores_out_of_range_restarts() -> None:
+    lr = RewindLR(restarts=(0, 50, 200), total=100, warmup=10, floor=0.0)
+    assert lr.factor(0) == 0.0
+    assert lr.factor(5) == pytest.approx(0.5 * (1 - 5 / 50))
+    assert lr.factor(50) == 1.0
+    assert lr.factor(75) == pytest.approx(0.5)
+    assert RewindLR(restarts=(), total=10).factor(5) == pytest.approx(0.5)  # plain linear decay

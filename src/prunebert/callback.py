@@ -20,6 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
@@ -27,6 +28,7 @@ from prunebert.errors import PrunebertError
 from prunebert.masks import MASKS_FILE
 from prunebert.pruner import Pruner
 from prunebert.sampling import GradientSampler
+from prunebert.schedules import RewindLR, mask_update_steps
 
 __all__ = ["PruningCallback"]
 
@@ -39,8 +41,11 @@ def _checkpoint_dir(args: TrainingArguments, state: TrainerState) -> Path:
 class PruningCallback(TrainerCallback):
     """Prunes on the Trainer's schedule and keeps pruned weights at exactly zero."""
 
-    def __init__(self, pruner: Pruner) -> None:
+    def __init__(self, pruner: Pruner, lr_rewind_floor: float | None = None) -> None:
+        """`lr_rewind_floor`: rewind the learning rate to its peak at every mask update, decaying to this
+        fraction of it by the next one (`RewindLR`); None keeps the Trainer's own schedule."""
         self.pruner = pruner
+        self.lr_rewind_floor = lr_rewind_floor
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -59,8 +64,33 @@ class PruningCallback(TrainerCallback):
         if wants_samples and self.pruner.gradient_sampler is None and loader is not None:
             self.pruner.gradient_sampler = GradientSampler.from_dataloader(loader)
         self.pruner.start(state.max_steps)
+        if self.lr_rewind_floor is not None:
+            self._rewind_lr(args, state, kwargs.get("lr_scheduler"), kwargs.get("optimizer"))
         self.pruner.update(state.global_step, kwargs.get("optimizer"))
         self.pruner.enforce()
+
+    def _rewind_lr(
+        self, args: TrainingArguments, state: TrainerState, scheduler: Any, optimizer: Any
+    ) -> None:
+        """Replace the Trainer's LR factor by `RewindLR` over this run's mask-update steps (a pure function
+        of the step, so a resumed run continues on the same curve)."""
+        inner = getattr(scheduler, "scheduler", scheduler)  # accelerate may wrap the scheduler
+        if not isinstance(inner, torch.optim.lr_scheduler.LambdaLR) or optimizer is None:
+            raise PrunebertError(
+                "learning-rate rewinding needs the Trainer's own LambdaLR schedule and optimizer; "
+                "do not pass `optimizers=` to the Trainer, or drop lr rewinding"
+            )
+        assert self.lr_rewind_floor is not None
+        rewind = RewindLR(
+            restarts=tuple(mask_update_steps(self.pruner.schedule, state.max_steps)),
+            total=state.max_steps,
+            warmup=args.get_warmup_steps(state.max_steps),
+            floor=self.lr_rewind_floor,
+        )
+        inner.lr_lambdas = [lambda step: rewind.factor(step) for _ in inner.lr_lambdas]
+        for group, base in zip(optimizer.param_groups, inner.base_lrs, strict=True):
+            group["lr"] = base * rewind.factor(inner.last_epoch)
+        inner._last_lr = [group["lr"] for group in optimizer.param_groups]
 
     def on_pre_optimizer_step(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any

@@ -6,13 +6,24 @@ zero once the pruner has run at `step`. Methods decide *which* weights; schedule
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Protocol
 
 from prunebert.errors import PrunebertError
 
-__all__ = ["SCHEDULES", "Cubic", "Fixed", "Iterative", "OneShot", "Schedule", "build_schedule"]
+__all__ = [
+    "SCHEDULES",
+    "Cubic",
+    "Fixed",
+    "Iterative",
+    "OneShot",
+    "RewindLR",
+    "Schedule",
+    "build_schedule",
+    "mask_update_steps",
+]
 
 
 class Schedule(Protocol):
@@ -119,3 +130,39 @@ def build_schedule(
     if name == "fixed":
         return Fixed(target)
     raise PrunebertError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
+
+
+def mask_update_steps(schedule: Schedule, total_steps: int) -> list[int]:
+    """The steps in [1, total_steps) at which `schedule` changes the sparsity (the pruner's mask updates)."""
+    return [t for t in range(1, total_steps) if schedule.sparsity_at(t) != schedule.sparsity_at(t - 1)]
+
+
+@dataclass(frozen=True)
+class RewindLR:
+    """Learning-rate rewinding for gradual pruning (Renda et al. 2020; the cyclic LR of oBERT's and GMP*'s
+    recipes, Kurtic et al. 2022, Kurtic & Alistarh 2022): the factor on the peak learning rate at `step`.
+
+    Each mask update (a step in `restarts`) starts a new cycle at the peak, which decays linearly to `floor`
+    by the next update; after the last update the recovery phase decays linearly to 0 at `total`. A linear
+    warm-up over the first `warmup` steps multiplies the first cycle, as in the plain linear schedule.
+
+        f(t) = w(t) * (1 - (1 - floor) * (t - r) / (n - r))    r <= t < n, r, n consecutive restarts
+        f(t) = w(t) * (total - t) / (total - r)                 r = the last restart <= t
+        w(t) = min(1, t / warmup)
+    """
+
+    restarts: tuple[int, ...]
+    total: int
+    warmup: int = 0
+    floor: float = 0.1
+
+    def factor(self, step: int) -> float:
+        """Multiplier of the peak learning rate for the optimizer step after `step` steps."""
+        warm = min(1.0, step / self.warmup) if self.warmup > 0 else 1.0
+        bounds = [0, *(r for r in self.restarts if 0 < r < self.total), self.total]
+        for start, end in itertools.pairwise(bounds):
+            if start <= step < end:
+                if end == self.total:
+                    return warm * (self.total - step) / (self.total - start)
+                return warm * (1.0 - (1.0 - self.floor) * (step - start) / (end - start))
+        return 0.0

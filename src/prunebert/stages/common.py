@@ -9,13 +9,20 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import yaml
 from pydantic import Field
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
+from transformers import (
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
 
+from prunebert.callback import PruningCallback
 from prunebert.distributed import gather_strings, is_main_process, mask_digest
 from prunebert.errors import PrunebertError
 from prunebert.io import atomic_path, write_json
@@ -29,6 +36,7 @@ __all__ = [
     "RunDir",
     "TrainConfig",
     "mean_loss_per_batch",
+    "pruning_callbacks",
     "sparsity_report",
     "training_arguments",
 ]
@@ -48,6 +56,12 @@ class TrainConfig(StrictModel):
     learning_rate: float = Field(5e-5, gt=0, description="peak AdamW learning rate")
     weight_decay: float = Field(0.01, ge=0, description="AdamW decoupled weight decay")
     warmup_ratio: float = Field(0.06, ge=0, lt=1, description="fraction of steps of linear LR warm-up")
+    lr_schedule: Literal["linear", "rewind"] = Field(
+        "linear",
+        description="linear: warm-up, then decay to 0; rewind: back to the peak at every mask update, "
+        "decaying to lr_floor by the next and to 0 after the last (oBERT / GMP* recipes)",
+    )
+    lr_floor: float = Field(0.1, ge=0, le=1, description="rewind: end-of-cycle LR as a fraction of the peak")
     max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping norm (0 = off)")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="mixed precision mode")
     group_by_length: bool = Field(
@@ -57,6 +71,15 @@ class TrainConfig(StrictModel):
     logging_steps: int = Field(20, ge=1, description="log loss and sparsity every N steps")
     save_steps: int = Field(200, ge=1, description="write a resumable checkpoint every N steps")
     save_total_limit: int = Field(2, ge=1, description="keep at most N complete checkpoints")
+
+    recorded_if_set: ClassVar[tuple[str, ...]] = ("lr_schedule", "lr_floor")
+
+
+def pruning_callbacks(pruner: Pruner | None, cfg: TrainConfig) -> list[TrainerCallback]:
+    """The `PruningCallback` of a pruning run (with LR rewinding if the recipe asks), none without one."""
+    if pruner is None:
+        return []
+    return [PruningCallback(pruner, cfg.lr_floor if cfg.lr_schedule == "rewind" else None)]
 
 
 def training_arguments(cfg: TrainConfig, output_dir: Path, seed: int) -> TrainingArguments:

@@ -25,7 +25,6 @@ from transformers import (
     default_data_collator,
 )
 
-from prunebert.callback import PruningCallback
 from prunebert.config import PruningConfig
 from prunebert.data import SeededMLMCollator, build_mlm_datasets, load_text
 from prunebert.data.nsp import build_nsp_datasets
@@ -37,6 +36,7 @@ from prunebert.stages.common import (
     RunDir,
     TrainConfig,
     mean_loss_per_batch,
+    pruning_callbacks,
     sparsity_report,
     training_arguments,
 )
@@ -195,7 +195,7 @@ def run_pretrain(cfg: PretrainConfig, overwrite: bool = False) -> dict[str, Any]
     warmup: dict[str, float] = {}
     if loaded.new_head and cfg.head_warmup_steps > 0 and resume is None:
         warmup = warm_up_head(model, cfg, train_set, collator, run.root / "head-warmup")
-    callbacks = [collator, *([PruningCallback(pruner)] if pruner is not None else [])]
+    callbacks = [collator, *pruning_callbacks(pruner, cfg.train)]
     callbacks += resume_callbacks(cfg.train.save_total_limit)  # last: after masks are written
     trainer = _trainer(
         model, training_arguments(cfg.train, run.checkpoints, cfg.seed), train_set, collator, callbacks
