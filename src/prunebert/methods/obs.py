@@ -21,11 +21,13 @@ and hands each gradient to `observe_gradients`; F is accumulated in chunks of gr
 matmuls (never m full gradients at once), inverted per block by Cholesky in float64, used for the scores
 and the update, then dropped. Nothing is kept between mask updates, so nothing is checkpointed.
 
-Cost, all-MiniLM-L6-v2's encoder (10.6 M target weights; `benchmarks/obs_cost.py`, results in
-`benchmarks/results/obs_cost.json`): the block Fisher (inverse, in place) at B = 50 holds
-212,340 blocks x 50 x 50 float32 = 2.12 GB while a mask update runs, plus a buffer of a few gradients.
-Time per mask update on one thread: see the JSON (Fisher accumulation per gradient, inversion, scoring,
-update), on top of the m forward/backward passes of the samples.
+Cost, measured on all-MiniLM-L6-v2's shapes (10.6 M target weights, random weights and data; one
+thread of an AMD EPYC shared with a training run; `benchmarks/obs_cost.py` ->
+`benchmarks/results/obs_cost.json`): at B = 50 the block Fisher (inverted in place) is 212,364 blocks
+x 50 x 50 float32 = 2.12 GB, held only while a mask update runs; with the gradient buffer (256 MiB) the
+update raised peak RSS by 2.47 GB. One update 0 -> 50% with m = 64 took 176 s: 112 s of forward/backward
+(1.76 s per batch of 8 x 128 tokens), 18 s accumulating F (0.29 s per gradient), 25 s inverting, 21 s of
+OBS update. Memory grows as 4 * B bytes per target weight, the Fisher work as B (accumulation) and B^2.
 """
 
 from __future__ import annotations
@@ -139,8 +141,8 @@ def _positive_int(name: str, value: object) -> int:
 class ObsOptions(MethodOptions):
     """block_size: weights per Fisher block (B; memory 4*B bytes per target weight; a matrix whose size is
     not a multiple is zero-padded in its last block). num_grads: mini-batch gradients per mask update (m;
-    the paper's 1024 costs 1024 forward/backward passes per update, minutes on 2 CPU cores: 64 keeps m
-    above B = 50, so every block's Fisher can be full rank, at ~1/16 of the paper's cost). damp: lambda
+    64 keeps m above B = 50, so every block's Fisher can be full rank, and costs ~3 min per update for
+    minilm-l6 on one CPU thread, measured; the paper's 1024 would cost ~30 min per update). damp: lambda
     added to the Fisher's diagonal (absolute, as the reference's 1e-7 for BERT-base; tune it in one-shot
     runs: too large ranks as magnitude, too small is unstable). grad_batch_size: examples per sampled
     gradient (the reference's 8; ignored for calibration batches given pre-batched). update_weights: apply
@@ -170,7 +172,9 @@ class ObsPruning(PruningMethod):
     Monotone (pruned weights stay pruned). Each mask update costs `num_grads` forward/backward passes on
     sampled mini-batches plus the Fisher work (see the module docstring), and holds the block Fisher,
     4 * block_size bytes per target weight (2.12 GB for minilm-l6 at B = 50), until the masks are set.
-    Single process only for now: every rank would need the same samples and the same update.
+    Survivors moved by the update keep their optimizer moments (as in the reference); the pruner zeroes
+    the pruned entries' moments. Single process only for now: every rank would need the same samples
+    and the same update.
     """
 
     options_cls = ObsOptions
