@@ -76,3 +76,19 @@ def test_rewind_lr_warms_up_the_first_cycle_and_ignores_out_of_range_restarts() 
     assert lr.factor(50) == 1.0
     assert lr.factor(75) == pytest.approx(0.5)
     assert RewindLR(restarts=(), total=10).factor(5) == pytest.approx(0.5)  # plain linear decay
+
+
+def test_cubic_updates_spread_evenly_over_the_window_whatever_the_run_length() -> None:
+    for total in (1280, 620):
+        s = build_schedule("cubic", 0.9, total, 0.0, 0.5, frequency=10, initial=0.5, updates=8)
+        steps = mask_update_steps(s, total)
+        assert len(steps) == 8 and steps[-1] == total // 2
+        assert s.sparsity_at(0) == 0.5 and s.sparsity_at(total - 1) == 0.9
+
+
+def test_cubic_with_updates_follows_the_formula_at_each_fraction_of_the_window() -> None:
+    s = Cubic(target=0.9, start_step=10, end_step=110, initial=0.5, updates=4)
+    assert mask_update_steps(s, 200) == [10, 35, 60, 85, 110]  # 10: the initial one-shot
+    assert s.sparsity_at(10) == 0.5 and s.sparsity_at(34) == 0.5
+    assert s.sparsity_at(35) == pytest.approx(0.9 - 0.4 * 0.75**3)
+    assert s.sparsity_at(109) == pytest.approx(0.9 - 0.4 * 0.25**3)

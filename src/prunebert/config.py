@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -17,6 +17,8 @@ __all__ = ["PruningConfig", "StrictModel"]
 class PruningConfig(StrictModel):
     """How a pruner chooses, when it prunes and which weights it may touch."""
 
+    recorded_if_set: ClassVar[tuple[str, ...]] = ("updates",)
+
     method: str = Field("magnitude", description="registered method name (list them: `prunebert methods`)")
     sparsity: float = Field(0.4, ge=0.0, lt=1.0, description="final fraction of target weights set to zero")
     scope: Literal["layer", "global"] = Field(
@@ -28,6 +30,12 @@ class PruningConfig(StrictModel):
     start_fraction: float = Field(0.0, ge=0.0, le=1.0, description="pruning starts at this fraction of steps")
     end_fraction: float = Field(0.75, ge=0.0, le=1.0, description="target sparsity reached at this fraction")
     frequency: int = Field(10, ge=1, description="cubic schedule: steps between mask updates")
+    updates: int | None = Field(
+        None,
+        ge=1,
+        description="cubic schedule: mask updates spread evenly from start to end (replaces `frequency`, "
+        "so a recipe fits any run length)",
+    )
     iterations: int = Field(4, ge=1, description="iterative schedule: number of pruning rounds")
     initial_sparsity: float = Field(0.0, ge=0.0, lt=1.0, description="cubic schedule: sparsity at the start")
     roles: list[str] = Field(

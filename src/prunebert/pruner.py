@@ -104,6 +104,7 @@ class Pruner:
                 c.frequency,
                 c.iterations,
                 c.initial_sparsity,
+                c.updates,
             )
         self.attach()
 

@@ -70,6 +70,9 @@ class Cubic:
     end_step: int
     frequency: int = 10
     initial: float = 0.0
+    #: when set, exactly this many updates, at the first steps past k/updates of the window (k = 1..n),
+    #: instead of one every `frequency` steps
+    updates: int | None = None
 
     def sparsity_at(self, step: int) -> float:
         """Sparsity at the last update step at or before `step`."""
@@ -78,8 +81,11 @@ class Cubic:
         if step >= self.end_step:
             return self.target
         span = self.end_step - self.start_step
-        t = self.start_step + (step - self.start_step) // self.frequency * self.frequency
-        progress = (t - self.start_step) / span
+        if self.updates is not None:
+            progress = (step - self.start_step) * self.updates // span / self.updates
+        else:
+            t = self.start_step + (step - self.start_step) // self.frequency * self.frequency
+            progress = (t - self.start_step) / span
         return self.target + (self.initial - self.target) * (1.0 - progress) ** 3
 
 
@@ -117,14 +123,16 @@ def build_schedule(
     frequency: int = 10,
     iterations: int = 4,
     initial: float = 0.0,
+    updates: int | None = None,
 ) -> Schedule:
-    """Resolve a named schedule whose window is given as fractions of `total_steps`."""
+    """Resolve a named schedule whose window is given as fractions of `total_steps`; `updates` (cubic)
+    spreads that many mask updates evenly over the window instead of one every `frequency` steps."""
     start = math.floor(start_fraction * total_steps)
     end = max(start + 1, math.floor(end_fraction * total_steps))
     if name == "oneshot":
         return OneShot(target, start)
     if name == "cubic":
-        return Cubic(target, start, end, max(1, frequency), initial)
+        return Cubic(target, start, end, max(1, frequency), initial, updates)
     if name == "iterative":
         return Iterative(target, start, end, max(1, iterations))
     if name == "fixed":
