@@ -12,22 +12,10 @@ from safetensors import SafetensorError, safe_open
 
 from prunebert.errors import PrunebertError
 from prunebert.masks import MASKS_FILE, load_masks
+from prunebert.model_files import weight_files
 from prunebert.targets import ARCHITECTURES, ENCODER_ROLES
 
 __all__ = ["checkpoint_info", "format_info"]
-
-
-def _weight_files(directory: Path) -> list[Path]:
-    index = directory / "model.safetensors.index.json"
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return [directory / s for s in shards]
-    single = directory / "model.safetensors"
-    if not single.is_file():
-        raise PrunebertError(
-            f"no model.safetensors in {directory}; pass a directory written by save_pretrained"
-        )
-    return [single]
 
 
 def _target_keys(directory: Path, keys: list[str]) -> dict[str, str]:
@@ -58,7 +46,7 @@ def checkpoint_info(path: Path) -> dict[str, Any]:
     modules: dict[str, dict[str, Any]] = {}
     total = zeros = 0
     try:
-        for file in _weight_files(directory):
+        for file in weight_files(directory, "pass a directory written by save_pretrained"):
             with safe_open(str(file), framework="pt") as f:
                 keys = list(f.keys())
                 targets = _target_keys(directory, keys)

@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import transformers
 from safetensors import SafetensorError, safe_open
@@ -34,6 +34,7 @@ from prunebert import assets
 from prunebert.config import PruningConfig
 from prunebert.errors import PrunebertError
 from prunebert.masks import MASKS_FILE, load_masks
+from prunebert.model_files import INDEX_FILE, WEIGHTS_FILE, align_keys, is_local_path
 from prunebert.pruner import Pruner
 from prunebert.targets import ARCHITECTURES
 from prunebert.transforms import load_rebuilt, rebuilds, restore
@@ -88,8 +89,7 @@ def resolve_model_path(spec: str) -> str:
     path = Path(spec).expanduser()
     if (path / "model" / "config.json").is_file():
         return str(path / "model")
-    local = path.is_absolute() or spec.startswith((".", "~")) or spec.count("/") > 1  # not a hub id
-    if local and not path.exists():
+    if is_local_path(spec) and not path.exists():
         raise PrunebertError(
             f"model path {spec} does not exist; pass an existing model directory, a hub name or a "
             f"built-in name ({', '.join(sorted(assets.BUILTIN_MODELS))})"
@@ -128,12 +128,12 @@ def has_nsp_head(spec: str) -> bool:
     if any(a in _NSP_ARCHITECTURES for a in config.architectures or []):
         return True
     path = Path(resolve_model_path(spec))
-    index = path / "model.safetensors.index.json"
+    index = path / INDEX_FILE
     if index.is_file():
         return _NSP_WEIGHT in json.loads(index.read_text()).get("weight_map", {})
-    if not (path / "model.safetensors").is_file():
+    if not (path / WEIGHTS_FILE).is_file():
         return False
-    with _damaged(spec, "weights"), safe_open(str(path / "model.safetensors"), "pt") as weights:
+    with _damaged(spec, "weights"), safe_open(str(path / WEIGHTS_FILE), "pt") as weights:
         return _NSP_WEIGHT in weights.keys()  # noqa: SIM118 -- safe_open has no __contains__
 
 
@@ -145,7 +145,7 @@ def load_model(spec: str, head: Head, num_labels: int | None = None) -> LoadedMo
     """
     config = load_config(spec)
     path = resolve_model_path(spec)
-    kwargs: dict[str, object] = {}
+    kwargs: dict[str, Any] = {}
     if head == "classification":
         existing = config.num_labels if "classification" in _architectures(config) else None
         if existing is not None and num_labels is not None and existing != num_labels:
@@ -177,7 +177,7 @@ def load_model(spec: str, head: Head, num_labels: int | None = None) -> LoadedMo
 
 def _refuse_pickles(spec: str, directory: Path) -> None:
     """A local model with only pickled weights is refused: unpickling a user's file can run code."""
-    safe = any((directory / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json"))
+    safe = any((directory / name).is_file() for name in (WEIGHTS_FILE, INDEX_FILE))
     pickled = sorted(p.name for p in directory.glob("pytorch_model*.bin")) if directory.is_dir() else []
     if pickled and not safe:
         raise PrunebertError(
@@ -209,7 +209,7 @@ def transfer_pruner(model: PreTrainedModel, path: str, pruning: PruningConfig | 
     if not mask_file.is_file():
         return Pruner(model, pruning) if pruning is not None else None
     masks, _ = load_masks(mask_file)
-    masks = _align_prefix(masks, model)
+    masks = align_keys(masks, {n for n, _ in model.named_parameters()}, model.base_model_prefix)
     if pruning is None:
         names = [re.escape(key.removesuffix(".weight")) + "$" for key in masks]
         pruning = PruningConfig(schedule="fixed", targets=names, sparsity=0.0)
@@ -218,20 +218,6 @@ def transfer_pruner(model: PreTrainedModel, path: str, pruning: PruningConfig | 
     pruner.sparsity = pruner.overall_sparsity()
     pruner.enforce()
     return pruner
-
-
-def _align_prefix(masks: dict, model: PreTrainedModel) -> dict:
-    """Mask keys saved from a headless model (`encoder...`) match a headed one (`bert.encoder...`)."""
-    prefix = model.base_model_prefix + "."
-    names = {n for n, _ in model.named_parameters()}
-    aligned = {}
-    for key, mask in masks.items():
-        if key not in names and prefix + key in names:
-            key = prefix + key
-        elif key not in names and key.removeprefix(prefix) in names:
-            key = key.removeprefix(prefix)
-        aligned[key] = mask
-    return aligned
 
 
 def save_pruned(

@@ -29,8 +29,8 @@ from safetensors import safe_open
 
 from prunebert.deploy.storage import encode_tensor
 from prunebert.errors import PrunebertError
-from prunebert.masks import MASKS_FILE
 from prunebert.methods.registry import method_class
+from prunebert.model_files import weight_files
 from prunebert.report.data import Section, Skip, StudyResults, mask_set
 from prunebert.transforms.fixed_attention import CONFIG_KEY
 
@@ -63,13 +63,9 @@ _ATTENTION = ("query", "key", "value", "attention_output")
 _FFN = ("ffn_in", "ffn_out")
 
 
-def _weight_files(model_dir: Path) -> list[Path]:
-    return sorted(p for p in model_dir.glob("*.safetensors") if p.name != MASKS_FILE)
-
-
 def model_bytes(model_dir: Path, cache: dict[str, Any]) -> dict[str, int]:
     """Dense fp32 bytes (4 per parameter) and losslessly stored sparse bytes of a saved model's weights."""
-    files = _weight_files(model_dir)
+    files = weight_files(model_dir)
     if not files:
         raise Skip(f"no weights in {model_dir}")
     key = "|".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)

@@ -23,6 +23,7 @@ from prunebert.config import PruningConfig
 from prunebert.data import TaskData
 from prunebert.data.spec import TaskSpec
 from prunebert.errors import PrunebertError
+from prunebert.model_files import is_local_path
 from prunebert.models import load_model, transfer_pruner
 from prunebert.stages.checkpoints import resume_callbacks
 from prunebert.stages.common import (
@@ -65,9 +66,8 @@ class FinetuneConfig(TaskSpec):
 def check_teacher(spec: str) -> None:
     """Fail fast, before any training, on a local teacher path that holds no fine-tuned classifier."""
     path = Path(spec).expanduser()
-    local = path.is_absolute() or spec.startswith((".", "~")) or spec.count("/") > 1  # not a hub id
     if not path.exists():
-        if local:
+        if is_local_path(spec):
             raise PrunebertError(f"teacher {spec} does not exist; {_FIX}")
         return
     config = next((p / "config.json" for p in (path / "model", path) if (p / "config.json").is_file()), None)

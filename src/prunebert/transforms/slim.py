@@ -23,7 +23,6 @@ are never cut.
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
 from prunebert.errors import PrunebertError
+from prunebert.model_files import align_keys, weight_files
 from prunebert.structure import INPUT_ROLES, OUTPUT_ROLES, GroupSet, encoder_layers, group_sets, kept_groups
 from prunebert.targets import ENCODER_ROLES, find_targets, role_modules
 from prunebert.transforms.layer_skip import renumber_skipped
@@ -321,29 +321,12 @@ def slice_masks(
 
 
 # -- loading ---------------------------------------------------------------------------------------------
-def _weight_files(directory: Path) -> list[Path]:
-    index = directory / "model.safetensors.index.json"
-    if index.is_file():
-        return [directory / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
-    if not (directory / "model.safetensors").is_file():
-        raise PrunebertError(
-            f"no model.safetensors in {directory}; pass a directory written by prunebert slim"
-        )
-    return [directory / "model.safetensors"]
-
-
 def _load_weights(model: PreTrainedModel, directory: Path) -> list[str]:
     """Load the saved tensors into the slimmed skeleton; returns the keys of a newly initialised head."""
     own = model.state_dict()
-    prefix = model.base_model_prefix + "."
     state: dict[str, torch.Tensor] = {}
-    for file in _weight_files(directory):
-        for key, value in load_file(str(file)).items():
-            if key not in own and prefix + key in own:  # saved headless, loaded with a head
-                key = prefix + key
-            elif key not in own and key.removeprefix(prefix) in own:  # saved with a head, loaded headless
-                key = key.removeprefix(prefix)
-            state[key] = value
+    for file in weight_files(directory, "pass a directory written by prunebert slim"):
+        state.update(align_keys(load_file(str(file)), own, model.base_model_prefix))
     for key, value in state.items():
         if key in own and value.shape != own[key].shape:
             raise PrunebertError(
@@ -355,7 +338,7 @@ def _load_weights(model: PreTrainedModel, directory: Path) -> list[str]:
     loaded = {own[k].data_ptr() for k in loadable if own[k].numel()}
     missing = [k for k in own if k not in loadable and not (own[k].numel() and own[k].data_ptr() in loaded)]
     base = model.base_model is model
-    encoder_missing = [k for k in missing if base or k.startswith(prefix)]
+    encoder_missing = [k for k in missing if base or k.startswith(model.base_model_prefix + ".")]
     if encoder_missing:
         raise PrunebertError(
             f"{directory} has no weight for {encoder_missing[0]} (and {len(encoder_missing) - 1} more); "
