@@ -25,6 +25,7 @@ from transformers import (
 from prunebert.callback import PruningCallback
 from prunebert.distributed import gather_strings, is_main_process, mask_digest
 from prunebert.errors import PrunebertError
+from prunebert.hardware import cpu_features, cpu_name, native_bf16
 from prunebert.io import atomic_path, write_json
 from prunebert.models import save_pruned
 from prunebert.pruner import Pruner
@@ -37,6 +38,7 @@ __all__ = [
     "TrainConfig",
     "mean_loss_per_batch",
     "pruning_callbacks",
+    "resolve_precision",
     "sparsity_report",
     "training_arguments",
 ]
@@ -63,7 +65,11 @@ class TrainConfig(StrictModel):
     )
     lr_floor: float = Field(0.1, ge=0, le=1, description="rewind: end-of-cycle LR as a fraction of the peak")
     max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping norm (0 = off)")
-    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="mixed precision mode")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "fp32",
+        description="mixed precision; auto: bf16 autocast where the hardware computes bf16 natively (CPU: "
+        "AVX-512 BF16 / AMX; GPU: bf16 support), else fp32. Master weights stay fp32",
+    )
     group_by_length: bool = Field(
         True,
         description="batch examples of similar length together (less padding: faster)",
@@ -73,6 +79,15 @@ class TrainConfig(StrictModel):
     save_total_limit: int = Field(2, ge=1, description="keep at most N complete checkpoints")
 
     recorded_if_set: ClassVar[tuple[str, ...]] = ("lr_schedule", "lr_floor")
+
+
+def resolve_precision(precision: str) -> str:
+    """The precision a run trains in: `auto` becomes bf16 where it is native, else fp32."""
+    if precision != "auto":
+        return precision
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if native_bf16() else "fp32"
 
 
 def pruning_callbacks(pruner: Pruner | None, cfg: TrainConfig) -> list[TrainerCallback]:
@@ -96,7 +111,7 @@ def training_arguments(cfg: TrainConfig, output_dir: Path, seed: int) -> Trainin
         warmup_steps=cfg.warmup_ratio,
         max_grad_norm=cfg.max_grad_norm,
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
-        bf16=cfg.precision == "bf16",
+        bf16=resolve_precision(cfg.precision) == "bf16",
         fp16=cfg.precision == "fp16",
         logging_steps=cfg.logging_steps,
         save_strategy="steps",
@@ -241,6 +256,8 @@ def environment() -> dict[str, str]:
         **versions,
         "python": platform.python_version(),
         "machine": platform.machine(),
+        "cpu": cpu_name(),
+        "cpu_features": " ".join(cpu_features()),
         "threads": str(torch.get_num_threads()),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
