@@ -27,8 +27,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "metrics",
         "recipes",
         "model_files",
-        "sampling",
     ),
+    ("recipe_library", "sampling", "hardware"),  # built-in recipe files, gradient samples, machine facts
     ("structure", "masks"),
     ("transforms",),  # model transforms recorded in config.json (methods build them)
     ("methods",),  # one file per method, found by name
