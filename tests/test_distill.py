@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from conftest import TINY_WORDS
@@ -270,6 +271,31 @@ def test_finetune_prunes_while_distilling_from_an_auto_teacher(workspace: Path) 
     changed = cfg.model_copy(update={"train": cfg.train.model_copy(update={"learning_rate": 1e-3})})
     with pytest.raises(PrunebertError, match="already holds a finished run"):  # ...unless settings changed
         auto_teacher(changed)
+
+
+def test_start_from_teacher_trains_the_auto_teacher_first_and_starts_the_student_as_it(
+    workspace: Path,
+) -> None:
+    out = workspace / "from-teacher"
+    argv = ["--train.max_steps", "3", "--distill.teacher", "auto", "--start_from", "teacher"]
+    assert _finetune(workspace, out, *argv, "--train.learning_rate", "1e-12") == 0
+    result = json.loads((out / "results.json").read_text())
+    assert result["recipe"]["start_from"] == "teacher" and result["distill"]["teacher"] == str(
+        out / "teacher" / "model"
+    )
+    teacher = load_file(str(out / "teacher" / "model" / "model.safetensors"))
+    student = load_file(str(out / "model" / "model.safetensors"))
+    assert teacher.keys() == student.keys()
+    assert all(torch.allclose(teacher[k], student[k], atol=1e-6) for k in teacher)  # the trained head too
+    teacher_recipe = json.loads((out / "teacher" / "results.json").read_text())["recipe"]
+    assert "start_from" not in teacher_recipe or teacher_recipe["start_from"] == "model"
+
+
+def test_start_from_teacher_without_a_teacher_is_a_one_line_error(
+    workspace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _finetune(workspace, workspace / "no-teacher", "--start_from", "teacher") == 2
+    assert "start_from teacher needs a distill section" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -11,14 +11,13 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import yaml
-from pydantic import Field
+from pydantic import Field, model_validator
 from transformers import DataCollatorWithPadding, PreTrainedModel, Trainer, TrainerCallback, set_seed
 
-from prunebert.callback import PruningCallback
 from prunebert.config import PruningConfig
 from prunebert.data import TaskData
 from prunebert.data.spec import TaskSpec
@@ -31,6 +30,7 @@ from prunebert.stages.common import (
     RunDir,
     TrainConfig,
     mean_loss_per_batch,
+    pruning_callbacks,
     sparsity_report,
     training_arguments,
 )
@@ -59,8 +59,23 @@ class FinetuneConfig(TaskSpec):
     fixed_attention: FixedAttentionConfig | None = Field(
         None, description="give chosen heads fixed position-based attention patterns (Raganato et al. 2020)"
     )
+    start_from: Literal["model", "teacher"] = Field(
+        "model",
+        description="model: train `model`; teacher: start from the distillation teacher's weights (with "
+        "teacher auto: `model` fine-tuned dense first), i.e. prune the fine-tuned model (GMP*, oBERT)",
+    )
 
-    recorded_if_set: ClassVar[tuple[str, ...]] = (*TaskSpec.recorded_if_set, "fixed_attention")
+    recorded_if_set: ClassVar[tuple[str, ...]] = (
+        *TaskSpec.recorded_if_set,
+        "fixed_attention",
+        "start_from",
+    )
+
+    @model_validator(mode="after")
+    def _teacher_to_start_from(self) -> FinetuneConfig:
+        if self.start_from == "teacher" and self.distill is None:
+            raise ValueError("start_from teacher needs a distill section (e.g. --distill.teacher auto)")
+        return self
 
 
 def check_teacher(spec: str) -> None:
@@ -109,6 +124,7 @@ def auto_teacher(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]
             "pruning": None,
             "distill": None,
             "fixed_attention": None,
+            "start_from": "model",
         }
     )
     run = RunDir(teacher_cfg.output_dir)
@@ -142,10 +158,15 @@ def run_finetune(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]
     run = RunDir(cfg.output_dir)
     resume = run.prepare(cfg.model_dump(mode="json"), overwrite)
     task = cfg.load(cfg.seed, cfg.max_train_examples)
+    teacher = None
+    if cfg.start_from == "teacher" and cfg.distill is not None:  # the student starts as the teacher
+        teacher = _distiller(cfg, cfg.distill, task, overwrite)
     set_seed(cfg.seed)  # the new task head's initialisation
     head = head_for(task)
     loaded = load_model(
-        cfg.model, head=head, num_labels=task.num_labels if head == "classification" else None
+        teacher[1]["teacher"] if teacher else cfg.model,
+        head=head,
+        num_labels=task.num_labels if head == "classification" else None,
     )
     model, tokenizer = loaded.model, loaded.tokenizer
     if task.label_names is not None:
@@ -156,8 +177,10 @@ def run_finetune(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]
     splits = cfg.features(task, tokenizer)
     pruner = transfer_pruner(model, loaded.path, cfg.pruning)
     run.create()  # the inputs are good: from here on the run directory is written
-    distiller, distill = _distiller(cfg, cfg.distill, task, overwrite) if cfg.distill else (None, None)
-    callbacks: list[TrainerCallback] = [PruningCallback(pruner)] if pruner is not None else []
+    if teacher is None and cfg.distill is not None:
+        teacher = _distiller(cfg, cfg.distill, task, overwrite)
+    distiller, distill = teacher if teacher is not None else (None, None)
+    callbacks: list[TrainerCallback] = pruning_callbacks(pruner, cfg.train)
     callbacks += resume_callbacks(cfg.train.save_total_limit)  # last: after masks are written
     trainer_kwargs: dict[str, Any] = {
         "model": model,
