@@ -25,10 +25,11 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "targets",
         "assets",
         "metrics",
+        "recipe_library",
         "recipes",
         "model_files",
     ),
-    ("recipe_library", "sampling", "hardware"),  # built-in recipe files, gradient samples, machine facts
+    ("sampling", "hardware"),  # gradient samples, machine facts
     ("structure", "masks"),
     ("transforms",),  # model transforms recorded in config.json (methods build them)
     ("methods",),  # one file per method, found by name

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, Valid
 from pydantic.fields import FieldInfo
 
 from prunebert.errors import PrunebertError
+from prunebert.recipe_library import resolve_recipe
 
 __all__ = [
     "StrictModel",
@@ -119,8 +120,9 @@ def _field_annotation(cls: type[BaseModel], dotted: str) -> Any:
 
 
 def config_from_args(cls: type[C], args: argparse.Namespace) -> C:
-    """Recipe file (if `args.recipe`) overridden by explicit options, validated as `cls`."""
-    recipe = load_recipe(Path(args.recipe)) if getattr(args, "recipe", None) else {}
+    """Recipe (`args.recipe`: a file or a shipped recipe's name) overridden by explicit options, validated as
+    `cls`."""
+    recipe = load_recipe(resolve_recipe(args.recipe)) if getattr(args, "recipe", None) else {}
     for key, raw in vars(args).items():
         if not key.startswith(_PREFIX):
             continue

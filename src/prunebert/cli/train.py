@@ -1,4 +1,4 @@
-"""The training commands of `prunebert`: pretrain | finetune | evaluate | info | methods | demo | slim."""
+"""The training commands of `prunebert`: pretrain | finetune | evaluate | info | methods | recipes | demo | slim."""
 
 from __future__ import annotations
 
@@ -72,6 +72,19 @@ def _methods(args: argparse.Namespace) -> None:
     print("\n".join(available_methods()))
 
 
+def _add_recipes(sub: Any) -> None:
+    sub.add_parser("recipes", help="list the shipped named recipes (use one with --recipe NAME)")
+
+
+def _recipes(args: argparse.Namespace) -> None:
+    from prunebert.recipe_library import named_recipes
+
+    for recipe in named_recipes().values():
+        print(f"{recipe.name}  ({recipe.stage}: prunebert {recipe.stage} --recipe {recipe.name} ...)")
+        print(f"    {recipe.what}")
+        print(f"    reached: {recipe.reached}")
+
+
 def _add_slim(sub: Any) -> None:
     slim = sub.add_parser("slim", help="remove zeroed heads / FFN neurons: a physically smaller model")
     slim.add_argument("source", help="model directory or prunebert run directory (structured-pruned)")
@@ -121,6 +134,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "info": (_add_info, _info),
     "methods": (_add_methods, _methods),
+    "recipes": (_add_recipes, _recipes),
     "slim": (_add_slim, _slim),
     "demo": (_add_demo, _demo),
 }
