@@ -1,7 +1,8 @@
 """Movement pruning's straight-through estimator against a hand-written dense-W reference (Sanh et al. 2020).
 
 The reference keeps the dense W, runs the forward pass with W' = W * M, updates every score (pruned or
-kept) with -W * dL/dW' and takes plain SGD steps on dL/dW = dL/dW' * M. Ours keeps W' in the model, the
+kept) with -W * dL/dW' (the method's `score_optimizer: sgd`; test_methods_movement checks adam's step)
+and takes plain SGD steps on dL/dW = dL/dW' * M. Ours keeps W' in the model, the
 pruned values in the method's shadow, and masks gradients after the method has read them. The loss is
 scaled by -10 between the two mask updates, which flips the sign of the scores' movement: the second
 update revives (by construction) many of the entries the first one pruned, about half of them here.
@@ -73,7 +74,8 @@ class Reference:
 
 def _pruner(model: nn.Module | None = None) -> Pruner:
     model = tiny_classifier() if model is None else model
-    pruner = Pruner(model, PruningConfig(method="movement", sparsity=0.5))
+    config = PruningConfig(method="movement", sparsity=0.5, options={"score_optimizer": "sgd"})
+    pruner = Pruner(model, config)
     pruner.model.eval()  # no dropout: the reference's forward is the same computation
     pruner.start(STEPS)
     pruner.schedule = _Table()

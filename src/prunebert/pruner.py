@@ -106,6 +106,7 @@ class Pruner:
                 c.initial_sparsity,
                 c.updates,
             )
+        self.method.on_start(total_steps, self.schedule)
         self.attach()
 
     def attach(self) -> None:
@@ -208,7 +209,7 @@ class Pruner:
         if self.method.monotone:
             scores = {n: s.masked_fill(~self.masks[n], float("-inf")) for n, s in scores.items()}
         masks = self.method.select(scores, sparsity)
-        final = sparsity >= self.config.sparsity and not self.method.structured
+        final = sparsity >= self.config.sparsity and self.method.exact_sparsity and not self.method.structured
         if masks is None or final:  # the final masks meet the target exactly (in whole groups if structured)
             chooser = global_masks if self.config.scope == "global" else layerwise_masks
             masks = chooser(scores, sparsity)

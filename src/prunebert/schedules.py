@@ -22,6 +22,7 @@ __all__ = [
     "RewindLR",
     "Schedule",
     "build_schedule",
+    "final_step",
     "mask_update_steps",
 ]
 
@@ -143,6 +144,12 @@ def build_schedule(
 def mask_update_steps(schedule: Schedule, total_steps: int) -> list[int]:
     """The steps in [1, total_steps) at which `schedule` changes the sparsity (the pruner's mask updates)."""
     return [t for t in range(1, total_steps) if schedule.sparsity_at(t) != schedule.sparsity_at(t - 1)]
+
+
+def final_step(schedule: Schedule, target: float, total_steps: int) -> int:
+    """The first step in [0, total_steps] at which `schedule` reaches `target` (the final mask update);
+    `total_steps` if it never does (a fixed schedule below the target)."""
+    return next((t for t in range(total_steps + 1) if schedule.sparsity_at(t) >= target), total_steps)
 
 
 @dataclass(frozen=True)

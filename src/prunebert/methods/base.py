@@ -12,6 +12,7 @@ from torch import nn
 from prunebert.errors import PrunebertError
 
 if TYPE_CHECKING:
+    from prunebert.schedules import Schedule
     from prunebert.targets import Target
 
 __all__ = ["GradientRequest", "MethodOptions", "PruneSettings", "PruningMethod", "parse_options"]
@@ -81,6 +82,9 @@ class PruningMethod:
     #: estimator): the pruner masks gradients in its own `after_backward`, after the method, instead of
     #: as they are computed, so clipping and the logged gradient norm include the pruned entries
     needs_pruned_gradients: ClassVar[bool] = False
+    #: the final masks meet `sparsity` exactly (the pruner's top-k); False: the method's own `select` sets
+    #: them to the end (soft movement's threshold), and the achieved sparsity is what it gives
+    exact_sparsity: ClassVar[bool] = True
 
     def __init__(self, options: MethodOptions, seed: int = 0) -> None:
         self.options = options
@@ -88,6 +92,10 @@ class PruningMethod:
 
     def bind(self, model: nn.Module, targets: Sequence[Target], config: PruneSettings) -> None:
         """Called once by the pruner with the model and its targets (structured methods read the layout)."""
+
+    def on_start(self, total_steps: int, schedule: Schedule) -> None:
+        """Called by `Pruner.start` with the run's length and its sparsity schedule (e.g. movement warns when
+        the run is too short for its scores to carry signal)."""
 
     def scores(self, weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Importance of every weight of every target, same shapes as `weights`."""
