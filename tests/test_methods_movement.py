@@ -328,6 +328,7 @@ def test_a_run_too_short_for_the_scores_warns_once_at_start(method: str) -> None
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         long.start(round(MOVEMENT_MIN_STEPS / 0.8) + 10)
+    assert isinstance(long.method, MovementPruning)
     assert long.method.lr_scores == 1e-2  # a long run: soft movement's lr_scores is the authors'
 
 

@@ -1,5 +1,6 @@
 """RPP (Guo et al. 2019) and its NIP baseline: exact proximal maths, lifecycle, and a stock Trainer run."""
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,15 @@ from transformers import Trainer
 from prunebert import PruningCallback, PruningConfig
 from prunebert.errors import PrunebertError
 from prunebert.methods.nip import IterativeMagnitudePruning
-from prunebert.methods.rpp import ReweightedProximalPruning, RPPOptions, proximal_l1, reweight
+from prunebert.methods.rpp import (
+    RPP_SHORTFALL,
+    ReweightedProximalPruning,
+    RPPOptions,
+    magnitude_cutoffs,
+    penalty_per_step,
+    proximal_l1,
+    reweight,
+)
 from prunebert.pruner import Pruner
 from prunebert.schedules import Iterative, OneShot
 from tiny import tiny_classifier, tiny_dataset, tiny_training_args
@@ -32,6 +41,26 @@ def test_proximal_l1_soft_thresholds_each_entry_by_its_own_threshold() -> None:
 def test_reweight_is_inverse_magnitude_plus_eps() -> None:
     w = torch.tensor([0.75, -0.25, 0.0, 3.75])
     assert torch.equal(reweight(w, eps=0.25), torch.tensor([1.0, 2.0, 4.0, 0.25]))
+
+
+def test_penalty_per_step_golden_and_zeroes_the_cutoff_in_time() -> None:
+    # ((0.02 + 0.001)^2 - 0.001^2) / (2 * (10 - 2)) = (0.000441 - 0.000001) / 16
+    assert penalty_per_step(0.02, 1e-3, 10) == pytest.approx(2.75e-5, rel=1e-12)
+    assert penalty_per_step(0.02, 1e-3, 0) == 0.0
+    for steps in (10, 100):
+        delta = penalty_per_step(0.02, 1e-3, steps)
+        w = torch.tensor([0.02, -0.019, 0.03], dtype=torch.float64)  # the penalty alone moves them
+        for step in range(steps):
+            assert w[0] != 0.0 or step >= steps - 1  # not long before the last step
+            w = proximal_l1(w, delta * reweight(w, 1e-3))
+        assert w[0] == 0.0 and w[1] == 0.0 and w[2] != 0.0  # at or below the cutoff: zero in time
+
+
+def test_magnitude_cutoffs_golden() -> None:
+    weights = {"a": torch.tensor([[0.1, -0.4], [0.3, -0.2]]), "b": torch.tensor([1.0, -2.0, 3.0, -4.0])}
+    assert magnitude_cutoffs(weights, 0.5, "layer") == pytest.approx({"a": 0.2, "b": 2.0})
+    assert magnitude_cutoffs(weights, 0.5, "global") == pytest.approx({"a": 0.4, "b": 0.4})
+    assert magnitude_cutoffs(weights, 0.75, "layer") == pytest.approx({"a": 0.3, "b": 3.0})
 
 
 # -- the method's lifecycle ------------------------------------------------------------------------
@@ -103,6 +132,47 @@ def test_bad_options_are_one_line_errors(options: dict, match: str) -> None:
     with pytest.raises(PrunebertError, match=match) as info:
         PruningConfig(method="rpp", options=options)
     assert "\n" not in str(info.value)
+
+
+def test_derived_lam_is_sized_at_the_first_step_and_resumes(tmp_path: Path) -> None:
+    """lam unset: delta = ((w_cut + eps)^2 - eps^2) / (2 T) from the first step's weights, T the proximal
+    steps before the hard prune; the threshold no longer scales with lr; delta travels in the state."""
+    pruner = Pruner(tiny_classifier(), PruningConfig(method="rpp", sparsity=0.5))
+    pruner.start(20)  # hard prune at step 14: 14 proximal steps
+    method = pruner.method
+    assert isinstance(method, ReweightedProximalPruning) and method.prox_steps == 14
+    weights = {n: w.detach().clone() for n, w in pruner.weights().items()}
+    cuts = magnitude_cutoffs(weights, 0.5, "layer")
+    method.after_optimizer_step(pruner.weights(), lr=0.0)  # lr 0 (warm-up): the derived step still acts
+    name, w = next(iter(pruner.weights().items()))
+    delta = penalty_per_step(cuts[name], 1e-3, 14)
+    assert method.delta[name] == pytest.approx(delta)
+    torch.testing.assert_close(w.detach(), proximal_l1(weights[name], delta * reweight(weights[name], 1e-3)))
+    save_file({k: v.contiguous() for k, v in method.state_dict().items()}, str(tmp_path / "s.safetensors"))
+    resumed = ReweightedProximalPruning(RPPOptions())
+    resumed.load_state_dict(load_file(str(tmp_path / "s.safetensors")))
+    assert resumed.delta == pytest.approx(method.delta) and resumed.calls == 1
+
+
+@pytest.mark.parametrize(("options", "warns"), [({}, False), ({"lam": 0.01}, True)])
+def test_the_hard_prune_warns_when_the_proximal_phase_fell_short(
+    tmp_path: Path, options: dict, warns: bool
+) -> None:
+    """At fine-tuning learning rates a fixed lam of 0.01 zeroes ~13% before the hard prune to 50%; the lam
+    derived from the target gets the proximal phase within RPP_SHORTFALL of it."""
+    model = tiny_classifier()
+    pruner = Pruner(model, PruningConfig(method="rpp", sparsity=0.5, options=options))
+    args = tiny_training_args(tmp_path, 20, learning_rate=1e-4, weight_decay=0.0, save_strategy="no")
+    trainer = Trainer(
+        model=model, args=args, train_dataset=tiny_dataset(), callbacks=[PruningCallback(pruner)]
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train()
+    zeros = [log["rpp_zero_fraction"] for log in trainer.state.log_history if "rpp_zero_fraction" in log]
+    assert (zeros[-1] < 0.5 - RPP_SHORTFALL) == warns
+    assert any("rpp: the proximal phase zeroed" in str(w.message) for w in caught) == warns
+    assert pruner.module_sparsity() == {n: pytest.approx(0.5, abs=0.005) for n in pruner.masks}
 
 
 def test_yaml_style_string_numbers_are_read() -> None:
