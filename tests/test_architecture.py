@@ -34,7 +34,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("transforms",),  # model transforms recorded in config.json (methods build them)
     ("methods",),  # one file per method, found by name
     ("config",),  # the pruning section; reads the method registry for defaults and options
-    ("pruner", "callback", "models", "info", ""),  # the engine's assembly; "" = `prunebert/__init__`
+    # the engine's assembly; "" = `prunebert/__init__`
+    ("pruner", "callback", "models", "info", "sentence_modules", ""),
     ("data",),
     ("stages",),
     ("deploy",),

@@ -27,6 +27,7 @@ from prunebert.models import load_model, save_pruned
 from prunebert.pruner import Pruner
 from prunebert.structure import encoder_layers
 from prunebert.transforms.layer_skip import SKIP_KEY, restore_skipped_layers, skip_layers, skipped_layers
+from prunebert.transforms.saved_config import read_config
 from prunebert.transforms.slim import layer_count
 from tiny import PADDED_MASK, padded_ids, tiny_config, write_workspace
 
@@ -274,7 +275,10 @@ def test_saved_model_skips_its_layers_again_and_slims_exactly(
     assert torch.equal(_out(model), expected)
     loaded = load_model(str(tmp_path / "run"), head="classification")
     assert torch.equal(_out(loaded.model), expected)
-    plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run").eval()
+    with pytest.raises(ValueError, match="trust_remote_code=True"):  # never runs the skipped layers silently
+        AutoModelForSequenceClassification.from_pretrained(tmp_path / "run")
+    config = read_config(tmp_path / "run")  # the plain BERT config it was saved from
+    plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run", config=config).eval()
     assert (_out(plain) - expected).abs().max() > 1e-3  # zeroed layers still apply biases and LayerNorm
     assert restore_skipped_layers(plain) == [1, 3] and torch.equal(_out(plain), expected)
 

@@ -1,8 +1,11 @@
-"""Load encoders by built-in name, hub name or local path; save pruned ones so plain transformers loads them.
+"""Load encoders by built-in name, hub name or local path; save pruned ones so transformers loads them.
 
 A prunebert model directory is an ordinary `save_pretrained` directory (safetensors weights with the
 zeros baked in, config, tokenizer) plus `prunebert_masks.safetensors`, which carries the masks so a
-later stage (fine-tuning after pre-training) keeps exactly the same pattern.
+later stage (fine-tuning after pre-training) keeps exactly the same pattern. A model whose structure
+changed also carries its modeling code (`prunebert.transforms.custom_code`: transformers loads it with
+`trust_remote_code=True` and refuses it without), and a sentence-transformers model keeps its pooling
+modules (`prunebert.sentence_modules`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from typing import Any, Literal
 import transformers
 from safetensors import SafetensorError, safe_open
 from transformers import (
-    AutoConfig,
     AutoModel,
     AutoModelForMaskedLM,
     AutoModelForPreTraining,
@@ -36,8 +38,10 @@ from prunebert.errors import PrunebertError
 from prunebert.masks import MASKS_FILE, load_masks
 from prunebert.model_files import INDEX_FILE, WEIGHTS_FILE, align_keys, is_local_path
 from prunebert.pruner import Pruner
+from prunebert.sentence_modules import save_sentence_modules
 from prunebert.targets import ARCHITECTURES
-from prunebert.transforms import load_rebuilt, rebuilds, restore
+from prunebert.transforms import load_rebuilt, read_config, rebuilds, restore
+from prunebert.transforms.custom_code import ship_modeling_code
 
 __all__ = [
     "LoadedModel",
@@ -105,7 +109,7 @@ def load_config(spec: str) -> PretrainedConfig:
     """The model's config, checked to be a supported encoder before any weights are read."""
     path = resolve_model_path(spec)
     try:
-        config: PretrainedConfig = AutoConfig.from_pretrained(path)
+        config = read_config(path)
     except (OSError, ValueError) as exc:
         builtins = ", ".join(sorted(assets.BUILTIN_MODELS))
         raise PrunebertError(
@@ -161,15 +165,13 @@ def load_model(spec: str, head: Head, num_labels: int | None = None) -> LoadedMo
         if rebuilds(config):  # structure changed: transformers cannot size it
             model, missing = load_rebuilt(path, AUTO_CLASSES[head], **kwargs)
             info = {"missing_keys": missing}
-        else:
-            model, info = AUTO_CLASSES[
-                head
-            ].from_pretrained(  # safetensors only: never unpickle a user's file
-                path, output_loading_info=True, use_safetensors=True, **kwargs
+        else:  # safetensors only: never unpickle a user's file; the plain config of a custom-code model
+            model, info = AUTO_CLASSES[head].from_pretrained(
+                path, config=read_config(path, **kwargs), output_loading_info=True, use_safetensors=True
             )
     restore(model)
     with _quiet_transformers(), _damaged(spec, "tokenizer"):
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, config=config)  # plain: never asks to run code
     prefix = model.base_model_prefix
     new_head = any(not k.startswith(prefix + ".") and k.split(".")[0] != prefix for k in info["missing_keys"])
     return LoadedModel(model, tokenizer, path, new_head)
@@ -223,10 +225,15 @@ def transfer_pruner(model: PreTrainedModel, path: str, pruning: PruningConfig | 
 def save_pruned(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pruner: Pruner | None, directory: Path
 ) -> None:
-    """Bake the masks and save a plain transformers model (+ tokenizer, + masks for later stages)."""
+    """Bake the masks and save a transformers model (+ tokenizer, + masks for later stages).
+
+    A changed structure ships its modeling code; a sentence-transformers source keeps its modules.
+    """
     if pruner is not None:
         pruner.bake()
     model.save_pretrained(directory, safe_serialization=True)
+    ship_modeling_code(directory)
+    save_sentence_modules(model, directory)
     tokenizer.save_pretrained(directory)
     if pruner is not None:
         pruner.save(directory, with_method_state=False)

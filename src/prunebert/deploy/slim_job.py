@@ -13,7 +13,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 from prunebert.errors import PrunebertError
 from prunebert.io import write_json
 from prunebert.masks import MASKS_FILE, save_masks
-from prunebert.models import Head, load_config, load_model, transfer_pruner
+from prunebert.models import Head, load_config, load_model, save_pruned, transfer_pruner
 from prunebert.transforms.layer_skip import skipped_layers
 from prunebert.transforms.lowrank import LOWRANK_KEY, factorized_names, slim_lowrank
 from prunebert.transforms.slim import SLIM_KEY, layer_count, plan_slim, slice_masks, slim_with_changes
@@ -72,8 +72,7 @@ def run_slim(
     cuts, dropped, renamed = slim_with_changes(model, plan) if removes else nothing
     lowrank = slim_lowrank(model) if factorized else None
     diff = (_outputs(model) - reference).abs().max().item()
-    model.save_pretrained(output, safe_serialization=True)
-    loaded.tokenizer.save_pretrained(output)
+    save_pruned(model, loaded.tokenizer, None, output)  # + its modeling code, sentence modules
     masks = {} if pruner is None else slice_masks(dict(pruner.masks), cuts, dropped + factorized, renamed)
     if pruner is not None and masks:  # the remaining (unstructured) zeros stay fixed in further training
         kept = sum(int(m.sum()) for m in masks.values())

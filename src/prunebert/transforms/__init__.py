@@ -2,7 +2,9 @@
 
 A loaded model gets them back in one place: `rebuilds(config)` says whether its shapes differ from what
 transformers would build (slimmed or factorised: load it with `load_rebuilt`), and `restore(model)`
-re-applies the forward-time ones (fixed attention heads, skipped layers) to a loaded model.
+re-applies the forward-time ones (fixed attention heads, skipped layers) to a loaded model; `read_config`
+reads the config of such a model, which is saved with its own modeling code (`custom_code`) for use
+outside prunebert.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ from transformers import PretrainedConfig, PreTrainedModel
 from prunebert.transforms.fixed_attention import restore_fixed_attention
 from prunebert.transforms.layer_skip import restore_skipped_layers
 from prunebert.transforms.lowrank import has_lowrank
+from prunebert.transforms.saved_config import read_config
 from prunebert.transforms.slim import is_slim, load_slim_with_info
 
-__all__ = ["load_rebuilt", "rebuilds", "restore"]
+__all__ = ["load_rebuilt", "read_config", "rebuilds", "restore"]
 
 load_rebuilt = load_slim_with_info
 

@@ -33,7 +33,7 @@ import torch
 import transformers
 from safetensors.torch import load_file
 from torch import nn
-from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
+from transformers import AutoModel, PretrainedConfig, PreTrainedModel
 
 from prunebert.errors import PrunebertError
 from prunebert.model_files import align_keys, weight_files
@@ -41,6 +41,7 @@ from prunebert.structure import INPUT_ROLES, OUTPUT_ROLES, GroupSet, encoder_lay
 from prunebert.targets import ENCODER_ROLES, find_targets, role_modules
 from prunebert.transforms.layer_skip import renumber_skipped
 from prunebert.transforms.lowrank import has_lowrank, rebuild_lowrank, renumber_lowrank
+from prunebert.transforms.saved_config import read_config
 
 __all__ = [
     "SLIM_KEY",
@@ -358,7 +359,7 @@ def load_slim_with_info(
 ) -> tuple[PreTrainedModel, list[str]]:
     """`load_slim`, also returning the keys that were newly initialised (a new task head)."""
     directory = Path(path)
-    config = AutoConfig.from_pretrained(directory, **config_kwargs)
+    config = read_config(directory, **config_kwargs)
     if not is_slim(config) and not has_lowrank(config):
         raise PrunebertError(
             f"{path} is not a slimmed model (no {SLIM_KEY} in config.json); load it with from_pretrained"
@@ -378,6 +379,6 @@ def load_slim(path: str | Path, model_class: Any = None, **config_kwargs: Any) -
 
     Also loads a model with factorised modules only (a `prunebert_lowrank` entry, no `prunebert_slim`).
     `model_class` defaults to the saved class (e.g. BertForSequenceClassification); pass `AutoModel`
-    for the bare encoder. `config_kwargs` go to `AutoConfig.from_pretrained` (e.g. `num_labels`).
+    for the bare encoder. `config_kwargs` go to the config (e.g. `num_labels`).
     """
     return load_slim_with_info(path, model_class, **config_kwargs)[0]
