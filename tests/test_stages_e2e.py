@@ -51,6 +51,7 @@ def test_pretrain_prune_transfer_evaluate(workspace: Path, capsys: pytest.Captur
     result = _results(pre)
     assert set(result["metrics"]) == {"mlm_loss", "mlm_perplexity", "mlm_accuracy"}
     assert result["sparsity"]["overall"] == pytest.approx(0.5, abs=1e-3)
+    assert (result["sparsity"]["target"], result["sparsity"]["target_exact"]) == (0.5, True)
 
     capsys.readouterr()
     assert main(["info", str(pre), "--json"]) == 0

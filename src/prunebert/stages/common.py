@@ -273,6 +273,10 @@ def sparsity_report(pruner: Pruner | None) -> dict[str, Any]:
         return {"overall": 0.0, "modules": {}, "history": []}
     return {
         "overall": pruner.overall_sparsity(),
+        # the recipe's sparsity; `target_exact` false: the method's own threshold set the final masks
+        # (soft movement), and `overall` is what it gave
+        "target": pruner.config.sparsity,
+        "target_exact": pruner.method.exact_sparsity,
         "modules": pruner.module_sparsity(),
         "history": [{"step": s, "sparsity": v} for s, v in pruner.history],
         "method": pruner.config.method,
