@@ -27,6 +27,7 @@ from prunebert.distributed import gather_strings, is_main_process, mask_digest
 from prunebert.errors import PrunebertError
 from prunebert.hardware import cpu_features, cpu_name, native_bf16
 from prunebert.io import atomic_path, write_json
+from prunebert.model_card import write_model_record
 from prunebert.models import save_pruned
 from prunebert.pruner import Pruner
 from prunebert.recipes import StrictModel
@@ -225,6 +226,8 @@ class RunDir:
         """Write results.json (atomically, main process only), with the versions that produced it."""
         results = {**results, "environment": environment()}
         if is_main_process():
+            if (self.model / "config.json").is_file():  # the model travels with its record and card
+                write_model_record(self.model, results, self.root / RECIPE_FILE)
             write_json(self.results, results)
 
 
