@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from prunebert.methods.base import parse_options
 from prunebert.methods.registry import method_class
@@ -63,9 +64,27 @@ class PruningConfig(StrictModel):
         parse_options(method_class(self.method).options_cls, self.method, self.options)
         return self
 
+    @field_validator("targets")
+    @classmethod
+    def _regexes(cls, targets: list[str]) -> list[str]:
+        """Every target must be a valid regular expression (checked here, not mid-run)."""
+        for pattern in targets:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a valid regular expression ({exc})") from None
+        return targets
+
     @model_validator(mode="after")
     def _window(self) -> PruningConfig:
         if self.schedule in ("cubic", "iterative") and self.end_fraction < self.start_fraction:
+            made_for = method_class(self.method).defaults
+            if made_for.get("schedule", self.schedule) != self.schedule:  # the window is the method's
+                raise ValueError(
+                    f"method {self.method} works with the {made_for['schedule']} schedule (it sets "
+                    f"start_fraction {self.start_fraction}), not {self.schedule}; pass --pruning.schedule "
+                    f"{made_for['schedule']}"
+                )
             raise ValueError(
                 f"end_fraction {self.end_fraction} is before start_fraction {self.start_fraction}; swap them"
             )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from prunebert.errors import PrunebertError
+from prunebert.io import read_json
 from prunebert.masks import MASKS_FILE, load_masks
 from prunebert.model_files import weight_files
 from prunebert.targets import ARCHITECTURES, ENCODER_ROLES
@@ -30,7 +30,8 @@ def _target_keys(directory: Path, keys: list[str]) -> dict[str, str]:
             if key is not None:
                 found[key] = roles.get(name, "custom") if isinstance(roles, dict) else "custom"
         return found
-    model_type = json.loads((directory / "config.json").read_text()).get("model_type", "")
+    config = read_json(directory / "config.json", "model config", "save the model again")
+    model_type = config.get("model_type", "") if isinstance(config, dict) else ""
     arch = ARCHITECTURES.get(model_type)
     if arch is None:
         return {}

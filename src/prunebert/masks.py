@@ -154,9 +154,12 @@ def load_masks(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
         masks = load_file(str(path))
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get("prunebert", "{}")
+        meta = json.loads(raw)
+        if not isinstance(meta, dict):
+            raise ValueError(f"its metadata is a JSON {type(meta).__name__}, not an object")
     except (SafetensorError, OSError, ValueError) as exc:
         raise PrunebertError(
-            f"mask file {path} is damaged ({str(exc).splitlines()[0]}); "
+            f"mask file {path} is damaged ({(str(exc).splitlines() or [type(exc).__name__])[0][:160]}); "
             "re-run the pruning stage that wrote it"
         ) from None
-    return {k: v.bool() for k, v in masks.items()}, json.loads(raw)
+    return {k: v.bool() for k, v in masks.items()}, meta

@@ -8,29 +8,41 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import TypeVar
 
 from prunebert.errors import PrunebertError
+from prunebert.io import read_json
 
-__all__ = ["INDEX_FILE", "WEIGHTS_FILE", "align_keys", "is_local_path", "weight_files"]
+__all__ = ["COMPRESSED_SUFFIX", "INDEX_FILE", "WEIGHTS_FILE", "align_keys", "is_local_path", "weight_files"]
 
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 V = TypeVar("V")
 
 
+#: the weight files `prunebert compress` writes (`prunebert.deploy.storage`); a model must be decompressed
+COMPRESSED_SUFFIX = ".prunebert-sparse.safetensors"
+
+
 def weight_files(directory: Path, fix: str | None = None) -> list[Path]:
     """The weight files of a saved model; none: [] if `fix` is None, else a one-line error naming `fix`."""
     index = directory / INDEX_FILE
     if index.is_file():
-        return [directory / s for s in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+        data = read_json(index, "weight index", "save the model again")
+        weight_map = data.get("weight_map") if isinstance(data, dict) else None
+        if not isinstance(weight_map, dict):
+            raise PrunebertError(f"weight index {index} has no weight_map; save the model again")
+        return [directory / str(s) for s in sorted(set(weight_map.values()))]
     if (directory / WEIGHTS_FILE).is_file():
         return [directory / WEIGHTS_FILE]
     if fix is None:
         return []
+    if any(directory.glob("*" + COMPRESSED_SUFFIX)):
+        raise PrunebertError(
+            f"{directory} holds compressed weights; run `prunebert decompress {directory} OUT` and use OUT"
+        )
     raise PrunebertError(f"no {WEIGHTS_FILE} in {directory}; {fix}")
 
 

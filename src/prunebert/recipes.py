@@ -35,7 +35,7 @@ _PREFIX = "cfg:"
 class StrictModel(BaseModel):
     """A recipe section: unknown keys and wrong types are errors, assignments are validated."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     #: fields added after runs were recorded: left out of a dump while they hold their default, so a
     #: recipe saved before they existed still equals today's dump of it (resume and reuse compare dumps)
@@ -127,7 +127,7 @@ def config_from_args(cls: type[C], args: argparse.Namespace) -> C:
         if not key.startswith(_PREFIX):
             continue
         dotted = key[len(_PREFIX) :]
-        value = raw if _is_text(_field_annotation(cls, dotted)) else yaml.safe_load(raw)
+        value = raw if _is_text(_field_annotation(cls, dotted)) else _option_value(dotted, raw)
         node = recipe
         *parents, leaf = dotted.split(".")
         for part in parents:
@@ -136,6 +136,18 @@ def config_from_args(cls: type[C], args: argparse.Namespace) -> C:
             node = node[part]
         node[leaf] = value
     return validate_recipe(cls, recipe)
+
+
+def _option_value(dotted: str, raw: str) -> Any:
+    """An option's value read as YAML (`0.5`, `true`, `[query, key]`, `{lam: 0.1}`); malformed is an error."""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise PrunebertError(
+            f"bad value for --{dotted}: {raw!r} is not valid YAML ({problem}); write it as YAML, e.g. "
+            f"--{dotted} '[a, b]' or '{{key: value}}', quoted for the shell"
+        ) from None
 
 
 def validate_recipe(cls: type[C], recipe: dict[str, Any]) -> C:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 import torch
 
 from prunebert.errors import PrunebertError
+from prunebert.io import expect_mapping, read_json
 from prunebert.masks import load_masks
 from prunebert.study.results import JSON_FILE
 
@@ -104,8 +104,9 @@ def load_results(root: Path) -> StudyResults:
     path = root / JSON_FILE
     if not path.is_file():
         raise PrunebertError(f"no {JSON_FILE} in {root}; pass the output_dir of a `prunebert study` run")
-    table = json.loads(path.read_text())
-    if "cells" not in table:
+    fix = "re-run `prunebert study` on its recipe to rewrite it"
+    table = expect_mapping(read_json(path, "study results", fix), path, "study results", fix)
+    if not isinstance(table.get("cells"), list):
         raise PrunebertError(f"{path} is not a study aggregate (no 'cells'); pass a study's output_dir")
     return StudyResults(root, table)
 

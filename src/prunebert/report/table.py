@@ -29,6 +29,7 @@ from safetensors import safe_open
 
 from prunebert.deploy.storage import encode_tensor
 from prunebert.errors import PrunebertError
+from prunebert.io import expect_mapping, read_json
 from prunebert.methods.registry import method_class
 from prunebert.model_files import weight_files
 from prunebert.report.data import Section, Skip, StudyResults, mask_set
@@ -148,7 +149,7 @@ def _fixed_heads(model_dir: Path | None) -> int:
     config = model_dir / "config.json" if model_dir is not None else None
     if config is None or not config.is_file():
         return 0
-    record = json.loads(config.read_text()).get(CONFIG_KEY) or {}
+    record = read_json(config, "model config", "save the model again").get(CONFIG_KEY) or {}
     return sum(len(heads) for heads in (record.get("heads") or {}).values())
 
 
@@ -207,8 +208,11 @@ def comparison_table(res: StudyResults, bench: Path | None, out: Path) -> Sectio
     if not res.cells:
         raise Skip("the study has no finished cells")
     cache_path = out.parent / CACHE_FILE
-    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
-    bench_json = json.loads(bench.read_text()) if bench is not None else None
+    cache = read_json(cache_path, "report cache", f"delete {cache_path}") if cache_path.is_file() else {}
+    fix = "pass a file written by `prunebert bench --json-out`"
+    bench_json = (
+        expect_mapping(read_json(bench, "bench results", fix), bench, "bench results", fix) if bench else None
+    )
     rows = comparison_rows(res, bench_json, cache)
     cache_path.write_text(json.dumps(cache, indent=1))
     out.with_name("comparison.csv").write_text(_csv(rows))

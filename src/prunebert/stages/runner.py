@@ -6,10 +6,10 @@ not re-run, but only if it was made by the same recipe; a stale directory is an 
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from prunebert.errors import PrunebertError
+from prunebert.io import expect_mapping, read_json
 from prunebert.stages.common import RESULTS_FILE
 from prunebert.stages.finetune import FinetuneConfig, run_finetune
 from prunebert.stages.pretrain import PretrainConfig, run_pretrain
@@ -24,7 +24,8 @@ def finished_run(config: StageConfig) -> dict[str, Any] | None:
     done = config.output_dir / RESULTS_FILE
     if not done.is_file():
         return None
-    results = dict(json.loads(done.read_text()))
+    fix = "delete it (the run is re-run) or choose another output directory"
+    results = expect_mapping(read_json(done, "results", fix), done, "results", fix)
     if results.get("recipe") != config.model_dump(mode="json"):
         raise PrunebertError(
             f"{config.output_dir} holds a finished run of another recipe; "
