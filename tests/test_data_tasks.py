@@ -163,7 +163,7 @@ def test_missing_columns_name_the_option(tmp_path: Path, kwargs: dict[str, str],
     [
         (["a", 1], r"must be all strings or all integers .*found int, str"),
         ([True, False], r"must be all strings or all integers .*found other"),
-        ([0, None], r"row 2 of .* has an empty label"),
+        ([0, None], r"line 2 of .* has an empty label"),
         ([0, -1], r"include -1 \(hidden test labels\?\)"),
     ],
 )

@@ -172,9 +172,26 @@ def load_model(spec: str, head: Head, num_labels: int | None = None) -> LoadedMo
     restore(model)
     with _quiet_transformers(), _damaged(spec, "tokenizer"):
         tokenizer = AutoTokenizer.from_pretrained(path, config=config)  # plain: never asks to run code
+    _check_tokenizer(spec, tokenizer, model.config)
     prefix = model.base_model_prefix
     new_head = any(not k.startswith(prefix + ".") and k.split(".")[0] != prefix for k in info["missing_keys"])
     return LoadedModel(model, tokenizer, path, new_head)
+
+
+def _check_tokenizer(spec: str, tokenizer: PreTrainedTokenizerBase, config: PretrainedConfig) -> None:
+    """The tokenizer must fit the model: more than its special tokens (transformers builds a bare one when
+    the tokenizer files are missing) and no id past the model's embeddings."""
+    size, vocab = len(tokenizer), int(getattr(config, "vocab_size", 0) or 0)
+    if size <= len(set(tokenizer.all_special_ids)):
+        raise PrunebertError(
+            f"model {spec!r} has no usable tokenizer ({size} tokens, all special: its tokenizer files are "
+            "missing); save the tokenizer beside the model (tokenizer.save_pretrained(DIR))"
+        )
+    if vocab and size > vocab:
+        raise PrunebertError(
+            f"the tokenizer of model {spec!r} has {size} tokens but the model's embeddings hold {vocab}; "
+            "save the model's own tokenizer beside it"
+        )
 
 
 def _refuse_pickles(spec: str, directory: Path) -> None:
@@ -206,7 +223,9 @@ def _architectures(config: PretrainedConfig) -> str:
 
 
 def transfer_pruner(model: PreTrainedModel, path: str, pruning: PruningConfig | None) -> Pruner | None:
-    """The pruner a stage starts with: the checkpoint's masks kept fixed, extended by `pruning` if given."""
+    """The pruner a stage starts with: the checkpoint's masks kept fixed, extended by `pruning` if given
+    (its targets start from their transferred masks and may only add zeros; every other transferred
+    mask stays fixed beside them)."""
     mask_file = Path(path) / MASKS_FILE
     if not mask_file.is_file():
         return Pruner(model, pruning) if pruning is not None else None
@@ -216,7 +235,7 @@ def transfer_pruner(model: PreTrainedModel, path: str, pruning: PruningConfig | 
         names = [re.escape(key.removesuffix(".weight")) + "$" for key in masks]
         pruning = PruningConfig(schedule="fixed", targets=names, sparsity=0.0)
     pruner = Pruner(model, pruning)
-    pruner.load_masks({k: v for k, v in masks.items() if k in pruner.masks}, source=str(mask_file))
+    pruner.keep_fixed(masks, source=str(mask_file))
     pruner.sparsity = pruner.overall_sparsity()
     pruner.enforce()
     return pruner

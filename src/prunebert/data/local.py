@@ -10,11 +10,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from prunebert.data.schema import Columns, RawSplit, RawTask, check_labels_present, pick_columns
+from prunebert.data.schema import (
+    Columns,
+    RawSplit,
+    RawTask,
+    check_labels_present,
+    clean_labels,
+    pick_columns,
+)
 from prunebert.data.splits import carve, group_split, split_three
 from prunebert.errors import PrunebertError
 
-__all__ = ["SUFFIXES", "SplitReader", "find_split_file", "load_local", "read_columns"]
+__all__ = ["SUFFIXES", "SplitReader", "find_split_file", "load_local", "read_columns", "read_table"]
 
 SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
 _INT = re.compile(r"[+-]?\d+")
@@ -25,6 +32,11 @@ SplitReader = Callable[[Path], RawSplit]
 
 def read_columns(path: Path) -> dict[str, list[Any]]:
     """Read a csv/tsv/jsonl/json file into column lists (csv label-like numbers are parsed later)."""
+    return read_table(path)[0]
+
+
+def read_table(path: Path) -> tuple[dict[str, list[Any]], list[int]]:
+    """`read_columns`, and the line of the file each row starts on (for errors that name it)."""
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise PrunebertError(f"unsupported data file {path} (use {', '.join(SUFFIXES)}); convert it first")
@@ -34,20 +46,36 @@ def read_columns(path: Path) -> dict[str, list[Any]]:
         raise PrunebertError(f"cannot read {path} ({e}); pass a readable UTF-8 file") from e
     if not rows:
         raise PrunebertError(f"{path} has no rows; pass a file with data")
-    names = list(dict.fromkeys(k for row in rows for k in row))
-    return {name: [row.get(name) for row in rows] for name in names}
+    names = list(dict.fromkeys(k for _, row in rows for k in row))
+    return {name: [row.get(name) for _, row in rows] for name in names}, [line for line, _ in rows]
 
 
-def _read_delimited(path: Path, suffix: str) -> list[dict[str, Any]]:
-    """Rows of a csv or tsv file with a header line."""
+def _read_delimited(path: Path, suffix: str) -> list[tuple[int, dict[str, Any]]]:
+    """(line, row) of a csv or tsv file with a header line; a row with more fields than the header, or a
+    header naming a column twice, is an error (its texts would land in the wrong columns)."""
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long documents exceed the 128 KiB default
+    sep = "\t" if suffix == ".tsv" else ","
     with path.open(encoding="utf-8-sig", newline="") as fh:
-        reader = csv.DictReader(fh, delimiter="\t" if suffix == ".tsv" else ",")
-        return [{k: v for k, v in row.items() if k is not None} for row in reader]
+        reader = csv.DictReader(fh, delimiter=sep)
+        header = list(reader.fieldnames or [])
+        twice = [name for name in dict.fromkeys(header) if header.count(name) > 1]
+        if twice:
+            raise PrunebertError(f"the header of {path} names the column {twice[0]!r} twice; rename one")
+        rows, start = [], 2
+        for row in reader:
+            if None in row:
+                fields = len(header) + len(row[None])
+                raise PrunebertError(
+                    f"line {start} of {path} has {fields} fields but the header has {len(header)}; quote a "
+                    f'text that holds a {"tab" if sep == chr(9) else "comma"} ("a, b") or fix the line'
+                )
+            rows.append((start, row))
+            start = reader.line_num + 1
+        return rows
 
 
-def _read_json(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSON-lines file, or of a .json file holding a list of objects (or JSON lines)."""
+def _read_json(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line, row) of a JSON-lines file, or of a .json file holding a list of objects (or JSON lines)."""
     text = path.read_text(encoding="utf-8-sig")
     if path.suffix.lower() == ".json":
         try:
@@ -55,7 +83,7 @@ def _read_json(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             data = None  # maybe JSON lines under a .json name
         if isinstance(data, list) and all(isinstance(r, dict) for r in data):
-            return data
+            return [(i + 1, row) for i, row in enumerate(data)]  # object i: no line of its own
     rows = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -66,13 +94,13 @@ def _read_json(path: Path) -> list[dict[str, Any]]:
             raise PrunebertError(f"line {n} of {path} is not valid JSON ({e.msg}); fix the file") from e
         if not isinstance(row, dict):
             raise PrunebertError(f"line {n} of {path} is not a JSON object; write one object per line")
-        rows.append(row)
+        rows.append((n, row))
     return rows
 
 
 def _parse_csv_labels(values: list[Any]) -> list[Any]:
     """Turn csv label strings into ints (all integers) or floats (all numbers); otherwise keep strings."""
-    texts = [v.strip() if isinstance(v, str) else v for v in values]
+    texts = clean_labels(values)
     if not all(isinstance(v, str) and v for v in texts):
         return texts  # empty labels are reported by the label check
     if all(_INT.fullmatch(v) for v in texts):
@@ -85,11 +113,12 @@ def _parse_csv_labels(values: list[Any]) -> list[Any]:
 
 def _read_split(path: Path, columns: Columns) -> RawSplit:
     """One file as a canonical split."""
-    data = read_columns(path)
-    split = pick_columns(data, columns, str(path))
-    check_labels_present(split["label"], str(path))
+    data, lines = read_table(path)
+    split = pick_columns(data, columns, str(path), lines)
+    check_labels_present(split["label"], str(path), lines)
     if path.suffix.lower() in (".csv", ".tsv"):
         split["label"] = _parse_csv_labels(split["label"])
+        check_labels_present(split["label"], str(path), lines)  # "nan" parses to a non-finite number
     return split
 
 

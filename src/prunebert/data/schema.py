@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from prunebert.errors import PrunebertError
 
-__all__ = ["Columns", "RawSplit", "RawTask", "check_labels_present", "encode_labels", "pick_columns"]
+__all__ = [
+    "Columns",
+    "RawSplit",
+    "RawTask",
+    "check_labels_present",
+    "clean_labels",
+    "encode_labels",
+    "pick_columns",
+]
 
 RawSplit = dict[str, list[Any]]
 """One split as plain column lists: "text", optionally "text_pair", and "label"."""
@@ -49,8 +58,16 @@ class RawTask:
     metric: str | None = None
 
 
-def pick_columns(data: dict[str, list[Any]], columns: Columns, where: str) -> RawSplit:
-    """Select and rename the source columns to the canonical ones, checking they exist and hold text."""
+def _row(i: int, where: str, lines: Sequence[int] | None) -> str:
+    """Where row `i` (0-based) is: its line in the file when known, else its row number."""
+    return f"line {lines[i]} of {where}" if lines is not None else f"row {i + 1} of {where}"
+
+
+def pick_columns(
+    data: dict[str, list[Any]], columns: Columns, where: str, lines: Sequence[int] | None = None
+) -> RawSplit:
+    """Select and rename the source columns to the canonical ones, checking they exist and hold text
+    (`lines`: each row's line in the file, for errors)."""
     out: RawSplit = {}
     for canon, src in columns.mapping().items():
         if src not in data:
@@ -62,23 +79,34 @@ def pick_columns(data: dict[str, list[Any]], columns: Columns, where: str) -> Ra
         out[canon] = data[src]
     for canon in ("text", "text_pair"):
         if canon in out:
-            out[canon] = _as_texts(out[canon], columns.mapping()[canon], where)
+            out[canon] = _as_texts(out[canon], columns.mapping()[canon], where, lines)
+    if "label" in out:
+        out["label"] = clean_labels(out["label"])
     return out
 
 
-def _as_texts(values: list[Any], column: str, where: str) -> list[str]:
+def _as_texts(values: list[Any], column: str, where: str, lines: Sequence[int] | None) -> list[str]:
     """The values as strings; a missing value is an error naming its row."""
     for i, v in enumerate(values):
         if v is None:
-            raise PrunebertError(f"row {i + 1} of {where} has no {column!r}; fill it in or drop the row")
+            raise PrunebertError(f"{_row(i, where, lines)} has no {column!r}; fill it in or drop the row")
     return [v if isinstance(v, str) else str(v) for v in values]
 
 
-def check_labels_present(values: Sequence[Any], where: str) -> None:
-    """Every label must be given; a missing one is an error naming its row."""
+def clean_labels(values: Sequence[Any]) -> list[Any]:
+    """Labels as every reader gives them: strings stripped of surrounding white space (" pos" is "pos")."""
+    return [v.strip() if isinstance(v, str) else v for v in values]
+
+
+def check_labels_present(values: Sequence[Any], where: str, lines: Sequence[int] | None = None) -> None:
+    """Every label must be given and, if a number, finite; a bad one is an error naming its line or row."""
     for i, v in enumerate(values):
         if v is None or v == "":
-            raise PrunebertError(f"row {i + 1} of {where} has an empty label; fill it in or drop the row")
+            raise PrunebertError(f"{_row(i, where, lines)} has an empty label; fill it in or drop the row")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise PrunebertError(
+                f"{_row(i, where, lines)} has the label {v}, not a finite number; fix it or drop the row"
+            )
 
 
 def _label_kind(values: Sequence[Any], where: str) -> str:
@@ -117,6 +145,7 @@ def encode_labels(
     ("classification" / "regression") overrides that inference: integer scores as a regression, or
     whole-number floats (1.0) as classes.
     """
+    splits = {split: clean_labels(values) for split, values in splits.items()}
     for split, values in splits.items():
         check_labels_present(values, f"{where} ({split})")
     every = [v for values in splits.values() for v in values]
@@ -139,6 +168,11 @@ def encode_labels(
     names, index = (
         _int_index(every, where, label_names) if found == "int" else _str_index(every, where, label_names)
     )
+    if len(names) < 2:
+        raise PrunebertError(
+            f"labels in {where} have one class only ({names[0]!r}); a classifier needs two or more: fix the "
+            "labels, or pass --task_type regression for numeric scores"
+        )
     return {k: [index[v] for v in vals] for k, vals in splits.items()}, names
 
 
