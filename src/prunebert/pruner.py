@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -46,7 +47,7 @@ from prunebert.sampling import Batch, GradientSampler
 from prunebert.schedules import Fixed, Iterative, Schedule, build_schedule
 from prunebert.targets import Target, find_targets
 
-__all__ = ["METHOD_STATE_FILE", "Pruner", "prune_oneshot"]
+__all__ = ["METHOD_STATE_FILE", "Pruner", "prune_oneshot", "schedule_of"]
 
 METHOD_STATE_FILE = "prunebert_method_state.safetensors"
 
@@ -72,6 +73,9 @@ class Pruner:
         self.masks = PackedMasks(
             {t.param_name: torch.ones_like(w, dtype=torch.bool) for t, w in self._pairs()}
         )
+        #: transferred masks (`keep_fixed`): of targets, floors a new mask may only add zeros to; of other
+        #: weights, kept fixed beside the targets (enforced, gradients masked, saved)
+        self.floor, self.fixed = PackedMasks(), PackedMasks()
         self.schedule: Schedule = Fixed(0.0)
         self.sparsity = 0.0  # the schedule's value at the last update
         self.history: list[tuple[int, float]] = []
@@ -88,24 +92,17 @@ class Pruner:
         """Target weights by state-dict key, looked up afresh (robust to `model.to(...)`)."""
         return {t.param_name: w for t, w in self._pairs()}
 
+    def _masked(self) -> dict[str, tuple[nn.Parameter, PackedMasks]]:
+        """Every weight with a mask, targets and fixed ones, with the masks that hold its mask."""
+        fixed = {n: (self.model.get_parameter(n), self.fixed) for n in self.fixed}
+        return {**{n: (w, self.masks) for n, w in self.weights().items()}, **fixed}
+
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self, total_steps: int) -> None:
         """Build the schedule for a run of `total_steps` optimizer steps and start masking gradients."""
-        c = self.config
-        if c.schedule == "fixed":
-            self.schedule = Fixed(self.sparsity)
-        else:
-            self.schedule = build_schedule(
-                c.schedule,
-                c.sparsity,
-                total_steps,
-                c.start_fraction,
-                c.end_fraction,
-                c.frequency,
-                c.iterations,
-                c.initial_sparsity,
-                c.updates,
-            )
+        self.schedule = (
+            Fixed(self.sparsity) if self.config.schedule == "fixed" else schedule_of(self.config, total_steps)
+        )
         self.method.on_start(total_steps, self.schedule)
         self.attach()
 
@@ -113,10 +110,10 @@ class Pruner:
         """Mask each gradient as it is computed: clipping and optimizer moments never see pruned entries
         (for a method that reads pruned gradients, `after_backward` masks them instead)."""
         self.detach()
-        for name, weight in self.weights().items():
-            self.masks[name] = self.masks[name].to(weight.device)
-            if not self.method.needs_pruned_gradients:
-                self._hooks.append(weight.register_hook(lambda g, n=name: g * self.masks[n]))
+        for name, (weight, masks) in self._masked().items():
+            masks[name] = masks[name].to(weight.device)
+            if masks is self.fixed or not self.method.needs_pruned_gradients:
+                self._hooks.append(weight.register_hook(lambda g, n=name, m=masks: g * m[n]))
 
     def detach(self) -> None:
         """Remove the gradient hooks."""
@@ -136,8 +133,8 @@ class Pruner:
     def enforce(self) -> None:
         """Set every pruned weight to exactly +0.0 (not -0.0, as `w * 0` gives for negative w: sparse
         storage then needs no sign bits)."""
-        for name, weight in self.weights().items():
-            weight.masked_fill_(~self.masks[name], 0.0)
+        for name, (weight, masks) in self._masked().items():
+            weight.masked_fill_(~masks[name], 0.0)
 
     def after_backward(self) -> None:
         """Let the method read gradients (e.g. movement scores) once per optimizer step, then mask the
@@ -206,15 +203,15 @@ class Pruner:
     def _choose(self, sparsity: float) -> dict[str, torch.Tensor]:
         weights = {n: w.detach() for n, w in self.weights().items()}
         scores = self.method.scores(weights)
-        if self.method.monotone:
-            scores = {n: s.masked_fill(~self.masks[n], float("-inf")) for n, s in scores.items()}
+        floors = self.masks if self.method.monotone else self.floor  # a transferred zero is never regrown
+        scores = {n: s.masked_fill(~floors[n], -torch.inf) if n in floors else s for n, s in scores.items()}
         masks = self.method.select(scores, sparsity)
         final = sparsity >= self.config.sparsity and self.method.exact_sparsity and not self.method.structured
         if masks is None or final:  # the final masks meet the target exactly (in whole groups if structured)
             chooser = global_masks if self.config.scope == "global" else layerwise_masks
             masks = chooser(scores, sparsity)
-        if self.method.monotone:  # never regrow, even when a transferred mask is sparser than the target
-            masks = {n: m & self.masks[n] for n, m in masks.items()}
+        # never regrow, even when a transferred mask is sparser than the target
+        masks = {n: m & floors[n] if n in floors else m for n, m in masks.items()}
         return masks
 
     def _set_masks(self, masks: Mapping[str, torch.Tensor]) -> None:
@@ -237,7 +234,8 @@ class Pruner:
     # -- reporting ---------------------------------------------------------------------------------
     def module_sparsity(self) -> dict[str, float]:
         """Fraction of pruned entries per target weight."""
-        return {n: 1.0 - m.float().mean().item() for n, m in self.masks.items()}
+        every = {**self.masks, **self.fixed}
+        return {n: 1.0 - m.float().mean().item() for n, m in every.items()}
 
     def overall_sparsity(self) -> float:
         """Fraction of pruned entries over all target weights."""
@@ -262,19 +260,45 @@ class Pruner:
         if with_method_state and state:
             with atomic_path(directory / METHOD_STATE_FILE) as tmp:
                 save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp))
-        save_masks(self.masks, directory / MASKS_FILE, self.metadata())
+        save_masks({**self.masks, **self.fixed}, directory / MASKS_FILE, self.metadata())
 
     def load(self, directory: Path) -> None:
         """Restore masks (and method state if present) saved by `save`; shapes must match this model."""
         masks, meta = load_masks(directory / MASKS_FILE)
         self.load_masks(masks, source=str(directory))
-        self.sparsity = float(meta.get("schedule_sparsity", self.overall_sparsity()))  # type: ignore[arg-type]
-        history = meta.get("history", [])
-        self.history = [(int(s), float(v)) for s, v in history] if isinstance(history, list) else []
         state_path = directory / METHOD_STATE_FILE
-        if state_path.is_file():
-            self.method.load_state_dict(load_file(str(state_path)))
+        try:
+            self.sparsity = float(meta.get("schedule_sparsity", self.overall_sparsity()))  # type: ignore[arg-type]
+            history = meta.get("history", [])
+            self.history = [(int(s), float(v)) for s, v in history] if isinstance(history, list) else []
+            if state_path.is_file():
+                self.method.load_state_dict(load_file(str(state_path)))
+        except (SafetensorError, OSError, ValueError, TypeError, KeyError, RuntimeError) as exc:
+            detail = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+            raise PrunebertError(
+                f"the pruning state in {directory} is damaged ({detail}); resume from an earlier checkpoint "
+                "(delete this one) or re-run with --overwrite"
+            ) from None
         self.enforce()
+
+    def keep_fixed(self, masks: Mapping[str, torch.Tensor], source: str) -> None:
+        """Adopt transferred masks: a target's becomes its mask and its floor (new masks only add zeros),
+        any other weight's is kept fixed beside the targets. A mask of the wrong shape is an error."""
+        params = dict(self.model.named_parameters())
+        for name, mask in masks.items():
+            weight = params.get(name)
+            if weight is None or weight.shape != mask.shape:
+                problem = (
+                    "names a weight the model does not have"
+                    if weight is None
+                    else f"has shape {tuple(mask.shape)} but the model's weight is {tuple(weight.shape)}"
+                )
+                raise PrunebertError(
+                    f"mask for {name} in {source} {problem}; the masks come from another model"
+                )
+            store = (self.masks, self.floor) if name in self.masks else (self.fixed,)
+            for held in store:
+                held[name] = mask.to(weight.device, torch.bool)
 
     def load_masks(self, masks: Mapping[str, torch.Tensor], source: str = "masks") -> None:
         """Adopt masks for this model's targets; a mask for another model is a one-line error."""
@@ -292,6 +316,31 @@ class Pruner:
                     f"weight is {tuple(self.masks.shape(name))}; the masks come from another model"
                 )
             self.masks[name] = masks[name].to(weights[name].device, torch.bool)
+
+
+def schedule_of(config: PruningConfig, total_steps: int) -> Schedule:
+    """The (non-fixed) schedule of `config` over a run of `total_steps`; one that cannot reach its target
+    sparsity by the run's last step is a one-line error naming the settings to change."""
+    c = config
+    schedule = build_schedule(
+        c.schedule,
+        c.sparsity,
+        total_steps,
+        c.start_fraction,
+        c.end_fraction,
+        c.frequency,
+        c.iterations,
+        c.initial_sparsity,
+        c.updates,
+    )
+    reached = schedule.sparsity_at(total_steps)
+    if reached < c.sparsity - 1e-9:
+        fix = {"iterative": "fewer --pruning.iterations"}.get(c.schedule, "a wider pruning window")
+        raise PrunebertError(
+            f"the {c.schedule} schedule reaches sparsity {reached:.3g}, not the target {c.sparsity}, in a "
+            f"run of {total_steps} steps; pass {fix} or more steps (--train.max_steps / --train.epochs)"
+        )
+    return schedule
 
 
 def prune_oneshot(

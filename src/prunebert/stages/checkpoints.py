@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
 
 from prunebert.distributed import barrier
 from prunebert.io import write_json
+from prunebert.stages.guards import FiniteGuard
 
 __all__ = [
     "COMPLETE_FILE",
@@ -37,6 +38,7 @@ __all__ = [
     "last_complete",
     "remove_incomplete",
     "resume_callbacks",
+    "train_resumed",
 ]
 
 COMPLETE_FILE = "prunebert_complete.json"
@@ -131,6 +133,33 @@ class SeededDataOrder(TrainerCallback):
             sampler.generator = torch.Generator().manual_seed(seed + epoch)
 
 
+class _FinishedError(Exception):
+    """Raised at the start of a run resumed from its final checkpoint: there is nothing left to train."""
+
+
+class StopWhenFinished(TrainerCallback):
+    """A run resumed from the checkpoint of its last step stops before training: the Trainer would
+    otherwise take one step more than `max_steps` (it checks only after a step). Add it after the
+    callbacks that restore state (masks) in `on_train_begin`."""
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        """Every step is done: stop here, with the checkpoint's weights, masks and state loaded."""
+        if state.max_steps > 0 and state.global_step >= state.max_steps:
+            raise _FinishedError
+
+
+def train_resumed(trainer: Trainer, resume: Path | None) -> TrainOutput:
+    """`trainer.train`, resumed from `resume` if given; a run whose last step is already done trains
+    nothing more (`training_loss` is then None: no step was taken)."""
+    try:
+        return trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    except _FinishedError:
+        return TrainOutput(trainer.state.global_step, None, {})  # type: ignore[arg-type]
+
+
 def resume_callbacks(keep: int) -> list[TrainerCallback]:
-    """What a stage adds last to its Trainer: seeded data order, then checkpoint completion (`keep` kept)."""
-    return [SeededDataOrder(), CompleteCheckpoints(keep)]
+    """What a stage adds last to its Trainer: seeded data order, the stop of a run resumed after its
+    last step, the check that loss and weights stay finite, then checkpoint completion (`keep` kept)."""
+    return [SeededDataOrder(), StopWhenFinished(), FiniteGuard(), CompleteCheckpoints(keep)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import math
 import platform
 import shutil
 import tempfile
@@ -23,20 +24,23 @@ from transformers import (
 )
 
 from prunebert.callback import PruningCallback
+from prunebert.config import PruningConfig
 from prunebert.distributed import gather_strings, is_main_process, mask_digest
 from prunebert.errors import PrunebertError
 from prunebert.hardware import cpu_features, cpu_name, native_bf16
-from prunebert.io import atomic_path, write_json
+from prunebert.io import atomic_path, lock_dir, read_yaml, unlock_dir, write_json
 from prunebert.model_card import write_model_record
 from prunebert.models import save_pruned
-from prunebert.pruner import Pruner
+from prunebert.pruner import Pruner, schedule_of
 from prunebert.recipes import StrictModel
 from prunebert.stages.checkpoints import last_complete, remove_incomplete
+from prunebert.stages.guards import check_finite
 
 __all__ = [
     "RESULTS_FILE",
     "RunDir",
     "TrainConfig",
+    "check_schedule",
     "mean_loss_per_batch",
     "pruning_callbacks",
     "resolve_precision",
@@ -81,6 +85,14 @@ class TrainConfig(StrictModel):
 
     recorded_if_set: ClassVar[tuple[str, ...]] = ("lr_schedule", "lr_floor")
 
+    def planned_steps(self, examples: int) -> int:
+        """Optimizer steps of a one-process run over `examples` training examples (as the Trainer counts)."""
+        if self.max_steps > 0:
+            return self.max_steps
+        batches = math.ceil(examples / self.batch_size)
+        per_epoch = max(math.ceil(batches / self.gradient_accumulation_steps), 1)
+        return math.ceil(self.epochs * per_epoch)
+
 
 def resolve_precision(precision: str) -> str:
     """The precision a run trains in: `auto` becomes bf16 where it is native, else fp32."""
@@ -96,6 +108,12 @@ def pruning_callbacks(pruner: Pruner | None, cfg: TrainConfig) -> list[TrainerCa
     if pruner is None:
         return []
     return [PruningCallback(pruner, cfg.lr_floor if cfg.lr_schedule == "rewind" else None)]
+
+
+def check_schedule(pruning: PruningConfig | None, train: TrainConfig, examples: int) -> None:
+    """Before the run directory is written: the pruning schedule must reach its target in the run's steps."""
+    if pruning is not None and pruning.schedule != "fixed":
+        schedule_of(pruning, train.planned_steps(examples))
 
 
 def training_arguments(cfg: TrainConfig, output_dir: Path, seed: int) -> TrainingArguments:
@@ -115,6 +133,7 @@ def training_arguments(cfg: TrainConfig, output_dir: Path, seed: int) -> Trainin
         bf16=resolve_precision(cfg.precision) == "bf16",
         fp16=cfg.precision == "fp16",
         logging_steps=cfg.logging_steps,
+        logging_nan_inf_filter=False,  # a NaN loss must show, so FiniteGuard stops the run
         save_strategy="steps",
         save_steps=cfg.save_steps,
         save_total_limit=None,  # CompleteCheckpoints rotates, once the new checkpoint is complete
@@ -163,7 +182,7 @@ class RunDir:
                 f"{self.root} already holds a finished run; pass a new --output_dir or --overwrite"
             )
         saved = self.root / RECIPE_FILE
-        if saved.is_file() and not overwrite and yaml.safe_load(saved.read_text()) != recipe:
+        if saved.is_file() and not overwrite and _saved_recipe(saved) != recipe:
             raise PrunebertError(
                 f"{self.root} holds an unfinished run of a different recipe; "
                 "pass a new --output_dir or --overwrite"
@@ -173,6 +192,8 @@ class RunDir:
                 f"{self.root} is not empty and was not written by prunebert; pass a new --output_dir"
             )
         _check_writable(self.root)
+        if is_main_process():
+            lock_dir(self.root)  # until this command ends: a second command on it is refused
         self._recipe, self._overwrite = recipe, overwrite
         return None if overwrite else last_complete(self.checkpoints)
 
@@ -219,6 +240,7 @@ class RunDir:
         """Bake the masks and save the final model into `model/` (main process only)."""
         if pruner is not None:
             pruner.bake()
+        check_finite(model, "at the end of training (no model saved)")
         if is_main_process():
             save_pruned(model, tokenizer, pruner, self.model)
 
@@ -229,6 +251,13 @@ class RunDir:
             if (self.model / "config.json").is_file():  # the model travels with its record and card
                 write_model_record(self.model, results, self.root / RECIPE_FILE)
             write_json(self.results, results)
+            unlock_dir(self.root)
+
+
+def _saved_recipe(path: Path) -> Any:
+    """The recipe an unfinished run recorded; a damaged one is a one-line error."""
+    fix = "pass a new --output_dir, or --overwrite to start the run again"
+    return read_yaml(path, "the recorded recipe", fix)
 
 
 def _visible_entries(directory: Path) -> bool:

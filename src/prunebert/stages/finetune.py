@@ -8,27 +8,27 @@ position-based patterns (Raganato et al. 2020) while the rest of the model fine-
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
-import yaml
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from transformers import DataCollatorWithPadding, PreTrainedModel, Trainer, TrainerCallback, set_seed
 
 from prunebert.config import PruningConfig
 from prunebert.data import TaskData
 from prunebert.data.spec import TaskSpec
 from prunebert.errors import PrunebertError
+from prunebert.io import expect_mapping, read_json, read_yaml
 from prunebert.model_files import is_local_path
 from prunebert.models import load_model, transfer_pruner
-from prunebert.stages.checkpoints import resume_callbacks
+from prunebert.stages.checkpoints import resume_callbacks, train_resumed
 from prunebert.stages.common import (
     RECIPE_FILE,
     RunDir,
     TrainConfig,
+    check_schedule,
     mean_loss_per_batch,
     pruning_callbacks,
     sparsity_report,
@@ -71,6 +71,16 @@ class FinetuneConfig(TaskSpec):
         "start_from",
     )
 
+    @field_validator("train")
+    @classmethod
+    def _trains(cls, train: TrainConfig) -> TrainConfig:
+        """0 steps would still train one (the Trainer's floor): refused, not silently changed."""
+        if train.max_steps == 0:
+            raise PrunebertError(
+                "--train.max_steps 0 fine-tunes nothing; pass -1 to train `train.epochs` epochs, or 1 or more"
+            )
+        return train
+
     @model_validator(mode="after")
     def _teacher_to_start_from(self) -> FinetuneConfig:
         if self.start_from == "teacher" and self.distill is None:
@@ -88,7 +98,8 @@ def check_teacher(spec: str) -> None:
     config = next((p / "config.json" for p in (path / "model", path) if (p / "config.json").is_file()), None)
     if config is None:
         raise PrunebertError(f"teacher {spec} has no model; {_FIX}")
-    architectures = json.loads(config.read_text()).get("architectures") or []
+    data = read_json(config, "teacher config", _FIX)
+    architectures = (data.get("architectures") if isinstance(data, dict) else None) or []
     if not any(a.endswith(_TRAINED_HEADS) for a in architectures):
         raise PrunebertError(
             f"teacher {spec} has no trained classification head (nor a question-answering one); {_FIX}"
@@ -129,10 +140,10 @@ def auto_teacher(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]
     )
     run = RunDir(teacher_cfg.output_dir)
     saved = run.root / RECIPE_FILE
-    same = saved.is_file() and yaml.safe_load(saved.read_text()) == teacher_cfg.model_dump(mode="json")
+    fix = "pass --overwrite to fine-tune the teacher again"
+    same = saved.is_file() and read_yaml(saved, "teacher recipe", fix) == teacher_cfg.model_dump(mode="json")
     if run.results.is_file() and same:
-        results: dict[str, Any] = json.loads(run.results.read_text())
-        return results
+        return expect_mapping(read_json(run.results, "teacher results", fix), run.results, "results", fix)
     with torch.random.fork_rng():  # the student's new head starts as it would without a teacher run
         return run_finetune(teacher_cfg, overwrite)
 
@@ -176,6 +187,7 @@ def run_finetune(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]
         fix_heads(model, cfg.fixed_attention)
     splits = cfg.features(task, tokenizer)
     pruner = transfer_pruner(model, loaded.path, cfg.pruning)
+    check_schedule(cfg.pruning, cfg.train, len(splits["train"]))
     run.create()  # the inputs are good: from here on the run directory is written
     if teacher is None and cfg.distill is not None:
         teacher = _distiller(cfg, cfg.distill, task, overwrite)
@@ -196,7 +208,7 @@ def run_finetune(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]
     )
     mean_loss_per_batch(trainer)
     start = time.time()
-    output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    output = train_resumed(trainer, resume)
     runtime = time.time() - start
     metrics = evaluate_splits(trainer, splits, task, ("dev", "test"), cfg.qa)
     run.save_model(model, tokenizer, pruner)

@@ -31,10 +31,11 @@ from prunebert.data.nsp import build_nsp_datasets
 from prunebert.errors import PrunebertError
 from prunebert.models import has_nsp_head, load_model, transfer_pruner
 from prunebert.recipes import StrictModel
-from prunebert.stages.checkpoints import resume_callbacks
+from prunebert.stages.checkpoints import resume_callbacks, train_resumed
 from prunebert.stages.common import (
     RunDir,
     TrainConfig,
+    check_schedule,
     mean_loss_per_batch,
     pruning_callbacks,
     sparsity_report,
@@ -191,6 +192,7 @@ def run_pretrain(cfg: PretrainConfig, overwrite: bool = False) -> dict[str, Any]
         eval_set = eval_set.select(range(cfg.max_eval_blocks))
     collator = SeededMLMCollator(tokenizer, cfg.mlm_probability, cfg.seed)  # resumes bit-identically
     pruner = transfer_pruner(model, loaded.path, cfg.pruning)
+    check_schedule(cfg.pruning, cfg.train, len(train_set))
     run.create()  # the inputs are good: from here on the run directory is written
     warmup: dict[str, float] = {}
     if loaded.new_head and cfg.head_warmup_steps > 0 and resume is None:
@@ -204,7 +206,7 @@ def run_pretrain(cfg: PretrainConfig, overwrite: bool = False) -> dict[str, Any]
     first = run.first_attempt(resume, {"metrics_before": before, "head_warmup": warmup})
     start = time.time()
     if cfg.train.max_steps != 0:  # 0: only warm up the head (a shared starting point for several runs)
-        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        train_resumed(trainer, resume)
     runtime = time.time() - start
     after = evaluate_mlm(trainer, eval_set)
     run.save_model(model, tokenizer, pruner)
