@@ -208,3 +208,16 @@ def test_errors_are_one_line_before_and_after_the_child(tmp_path: Path) -> None:
     assert _child_error(child_log, 2) == "onnx outputs differ from PyTorch by 1e-2 > 1e-4; report it"
     crash = _child_error("Traceback (most recent call last):\n  ...\nRuntimeError: boom\n", 1)
     assert "RuntimeError: boom" in crash and "--verbose" in crash and "\n" not in crash
+
+
+def test_exporting_a_qa_model_says_its_head_is_not_exported(
+    tmp_path: Path, tiny_tokenizer: PreTrainedTokenizerBase
+) -> None:
+    """Issue 15: a question-answering model exports as its encoder, and the export says so."""
+    from transformers import AutoModelForQuestionAnswering
+
+    AutoModelForQuestionAnswering.from_config(tiny_config()).save_pretrained(tmp_path / "qa")
+    tiny_tokenizer.save_pretrained(tmp_path / "qa")
+    manifest = export_model(ExportOptions(str(tmp_path / "qa"), str(tmp_path / "o"), "onnx"))
+    assert manifest["output"] == "last_hidden_state"
+    assert "BertForQuestionAnswering" in manifest["head_note"] and "not exported" in manifest["head_note"]

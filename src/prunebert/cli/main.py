@@ -1,16 +1,19 @@
 """The `prunebert` command: pretrain | finetune | evaluate | info | methods | slim | demo
 (`prunebert.cli.train`), the deployment commands compress | decompress | export | bench
-(`prunebert.cli.deploy`), and the study commands study | report (`prunebert.cli.study`)."""
+(`prunebert.cli.deploy`), shrink (`prunebert.cli.shrink`), and the study commands study | report
+(`prunebert.cli.study`)."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from prunebert.errors import PrunebertError
+from prunebert.io import unlock_all
 
 if TYPE_CHECKING:
     from prunebert.cli.train import Command
@@ -42,9 +45,9 @@ def _both_spellings(names: Sequence[str]) -> list[str]:
 
 
 def _commands() -> dict[str, Command]:
-    from prunebert.cli import deploy, study, train
+    from prunebert.cli import deploy, shrink, study, train
 
-    return {**train.COMMANDS, **deploy.COMMANDS, **study.COMMANDS}
+    return {**train.COMMANDS, **deploy.COMMANDS, **shrink.COMMANDS, **study.COMMANDS}
 
 
 def _build_parser(commands: dict[str, Command] | None = None) -> argparse.ArgumentParser:
@@ -55,11 +58,25 @@ def _build_parser(commands: dict[str, Command] | None = None) -> argparse.Argume
     return parser
 
 
+_NEGATIVE = re.compile(r"-(\d+\.?\d*|\.\d+)(e[-+]?\d+)?|-inf(inity)?|-\.inf", re.IGNORECASE)
+
+
+def _attach_negatives(argv: Sequence[str]) -> list[str]:
+    """`--option -1e-5` as `--option=-1e-5`: argparse would take a negative number for an option."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and _NEGATIVE.fullmatch(arg):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; user errors print one line on stderr and exit with status 2."""
     commands = _commands()
     parser = _build_parser(commands)
-    args, unknown = parser.parse_known_args(argv)
+    args, unknown = parser.parse_known_args(_attach_negatives(sys.argv[1:] if argv is None else argv))
     if unknown:  # reported here, where the subcommand whose --help lists the options is known
         fix = f"see `prunebert {args.command} --help`"
         parser.exit(2, f"prunebert: error: unrecognized arguments: {' '.join(unknown)}; {fix}\n")
@@ -75,4 +92,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("prunebert: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        unlock_all()  # the run directories this command locked
     return 0

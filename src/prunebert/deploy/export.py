@@ -83,7 +83,7 @@ class ExportOptions:
 def export_model(options: ExportOptions, overwrite: bool = False, quiet: bool = True) -> dict[str, Any]:
     """Export in a child process; returns the manifest it wrote to OUT/prunebert_export.json."""
     require(*options.needs())
-    load_config(options.model)  # a wrong model is a one-line error here, before a child starts
+    config = load_config(options.model)  # a wrong model is a one-line error here, before a child starts
     refuse_compressed(options.model)
     out = Path(options.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
@@ -93,7 +93,18 @@ def export_model(options: ExportOptions, overwrite: bool = False, quiet: bool = 
     proc = subprocess.run(command, capture_output=quiet, text=True, env=env, check=False)
     if proc.returncode != 0:
         raise PrunebertError(_child_error(proc.stderr or "", proc.returncode))
-    return dict(json.loads((out / EXPORT_FILE).read_text()))
+    manifest = dict(json.loads((out / EXPORT_FILE).read_text()))
+    dropped = [a for a in config.architectures or [] if not a.endswith(_EXPORTED_HEADS)]
+    if dropped:
+        manifest["head_note"] = (
+            f"note: {options.model} is a {dropped[0]}; its task head is not exported: the exported model is "
+            f"its encoder and outputs {manifest['output']} (export a sequence classifier to keep its head)"
+        )
+    return manifest
+
+
+#: architectures whose head the export keeps (a classifier's logits; a bare encoder has none to lose)
+_EXPORTED_HEADS = ("ForSequenceClassification", "Model")
 
 
 def _child_error(stderr: str, code: int) -> str:
@@ -123,4 +134,6 @@ def format_export(manifest: dict[str, Any]) -> str:
             lines.append(f"  {name:<22} {scores[accuracy['metric_key']]:.4f}")
     elif manifest.get("accuracy_note"):
         lines.append(manifest["accuracy_note"])
+    if manifest.get("head_note"):
+        lines.append(manifest["head_note"])
     return "\n".join(lines)

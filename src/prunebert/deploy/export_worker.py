@@ -32,7 +32,7 @@ from prunebert.deploy.inference import (
 )
 from prunebert.deploy.runtimes import Runner, onnxruntime_runner, openvino_runner, torch_runner
 from prunebert.errors import PrunebertError
-from prunebert.io import write_json
+from prunebert.io import move_into_place, write_json
 from prunebert.metrics import compute_metrics
 
 __all__ = ["check_inputs", "export_onnx", "export_openvino", "main", "run_export"]
@@ -201,7 +201,7 @@ def run_export(options: ExportOptions) -> dict[str, Any]:
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; an export is meant to be shared
     try:
         manifest = _export_into(options, model, tmp, out)
-        _move_into_place(tmp, out)
+        move_into_place(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return manifest
@@ -305,17 +305,6 @@ def _versions(fmt: str) -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             continue
     return versions
-
-
-def _move_into_place(tmp: Path, out: Path) -> None:
-    """Rename the finished directory to `out`; an existing `out` is moved aside first, then removed."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{tmp.name.rsplit('-', 1)[-1]}")
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,7 +11,7 @@ import torch
 from transformers import PretrainedConfig, PreTrainedModel
 
 from prunebert.errors import PrunebertError
-from prunebert.io import write_json
+from prunebert.io import check_output_dir, staged_dir, write_json
 from prunebert.masks import MASKS_FILE, save_masks
 from prunebert.models import Head, load_config, load_model, save_pruned, transfer_pruner
 from prunebert.transforms.layer_skip import skipped_layers
@@ -52,9 +52,9 @@ def run_slim(
     Layers a LayerDrop run skips are dropped with those in `drop_layers`; factorised modules (lowrank)
     become two smaller Linears or one dense Linear (`prunebert.transforms.lowrank.slim_lowrank`).
     """
-    if (output / "config.json").exists() and not overwrite:
-        raise PrunebertError(f"{output} already holds a model; pass --overwrite or choose another OUT")
+    check_output_dir(output, Path(source), overwrite, holds="config.json")
     loaded = load_model(source, head=_head(load_config(source)))
+    check_output_dir(output, Path(loaded.path), overwrite, holds="config.json")
     model = loaded.model.eval()
     pruner = transfer_pruner(model, loaded.path, None)
     skipped = skipped_layers(model.config)  # removing a skipped layer changes nothing
@@ -72,14 +72,9 @@ def run_slim(
     cuts, dropped, renamed = slim_with_changes(model, plan) if removes else nothing
     lowrank = slim_lowrank(model) if factorized else None
     diff = (_outputs(model) - reference).abs().max().item()
-    save_pruned(model, loaded.tokenizer, None, output)  # + its modeling code, sentence modules
     masks = {} if pruner is None else slice_masks(dict(pruner.masks), cuts, dropped + factorized, renamed)
-    if pruner is not None and masks:  # the remaining (unstructured) zeros stay fixed in further training
-        kept = sum(int(m.sum()) for m in masks.values())
-        roles = {renamed.get(t.param_name, t.param_name): t.role for t in pruner.targets}
-        roles = {name: role for name, role in roles.items() if name in masks}
-        sparsity = 1.0 - kept / max(1, sum(m.numel() for m in masks.values()))
-        save_masks(masks, output / MASKS_FILE, {"sparsity": sparsity, "roles": roles, "slimmed_from": source})
+    targets = [] if pruner is None else pruner.targets
+    roles = {renamed.get(t.param_name, t.param_name): t.role for t in targets}
     summary = {
         "source": source,
         "output": str(output),
@@ -94,8 +89,20 @@ def run_slim(
         SLIM_KEY: getattr(model.config, SLIM_KEY, None),
         LOWRANK_KEY: getattr(model.config, LOWRANK_KEY, None),
     }
-    write_json(output / "slim.json", summary)
+    with staged_dir(output) as stage:  # OUTPUT appears whole (model, tokenizer, masks, slim.json) or not
+        save_pruned(model, loaded.tokenizer, None, stage)  # + its modeling code, sentence modules
+        if masks:  # the remaining (unstructured) zeros stay fixed in further training
+            _save_cut_masks(masks, roles, source, stage)
+        write_json(stage / "slim.json", summary)
     return summary
+
+
+def _save_cut_masks(masks: dict[str, torch.Tensor], roles: dict[str, str], source: str, out: Path) -> None:
+    """The masks cut like the weights, with their roles, beside the slimmed model."""
+    kept = sum(int(m.sum()) for m in masks.values())
+    sparsity = 1.0 - kept / max(1, sum(m.numel() for m in masks.values()))
+    roles = {name: role for name, role in roles.items() if name in masks}
+    save_masks(masks, out / MASKS_FILE, {"sparsity": sparsity, "roles": roles, "slimmed_from": source})
 
 
 def format_summary(summary: dict[str, Any]) -> str:

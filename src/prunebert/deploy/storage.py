@@ -10,7 +10,8 @@ plain safetensors file of uint8 payloads plus a JSON manifest in its header. Eac
 whichever is smallest. "Nonzero" means any bit set, so -0.0 and NaN survive: the round trip is
 bit-identical, and a CRC32 of every tensor's bytes catches any damage. With `fp16=True` float32 tensors
 are stored as float16 and decompressed back to float32: lossy (fp16 rounding), about half the bytes.
-Other files (config, tokenizer) are copied as they are.
+Other files (config, tokenizer) are copied as they are. OUT is written into a staging directory beside it
+and renamed whole at the end: a killed or failed command leaves no half-written OUT.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from prunebert.errors import PrunebertError
-from prunebert.io import atomic_path
+from prunebert.io import check_output_dir, staged_dir
 from prunebert.masks import MASKS_FILE
+from prunebert.model_files import COMPRESSED_SUFFIX
 
 __all__ = [
     "FORMAT",
@@ -45,7 +47,7 @@ __all__ = [
 
 FORMAT = "prunebert-sparse"
 VERSION = 1
-SUFFIX = ".prunebert-sparse.safetensors"
+SUFFIX = COMPRESSED_SUFFIX
 _MANIFEST_KEY = "prunebert_sparse"
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _INTS = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool)
@@ -207,39 +209,33 @@ def _find_ref(name: str, refs: dict[str, np.ndarray]) -> np.ndarray | None:
     return refs[matches[0]] if len(matches) == 1 else None
 
 
-def _prepare_out(out: Path, src: Path, overwrite: bool) -> None:
-    if out.resolve() == src.resolve():
-        raise PrunebertError(f"output {out} is the input directory; pass a new directory")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise PrunebertError(f"{out} exists and is not empty; pass a new directory or --overwrite")
-    out.mkdir(parents=True, exist_ok=True)
-
-
 def _copy_others(src: Path, out: Path, skip: set[Path]) -> None:
     for item in sorted(src.iterdir()):
         if item.is_file() and item not in skip:
-            with atomic_path(out / item.name) as tmp:
-                shutil.copyfile(item, tmp)
+            shutil.copyfile(item, out / item.name)
 
 
 def compress_model(
     src: Path, out: Path, fp16: bool = False, canonical_zeros: bool = False, overwrite: bool = False
 ) -> dict[str, Any]:
     """Write `src`'s model in the sparse format to `out`; returns the size report."""
-    src = _model_dir(src)
+    given, src = src, _model_dir(src)
     if any(src.glob("*" + SUFFIX)):
         raise PrunebertError(f"{src} is already compressed; pass a plain model directory (or decompress it)")
     files = _ordered(sorted(src.glob("*.safetensors")))
     if not files:
         raise PrunebertError(f"no *.safetensors in {src}; save the model with save_pretrained first")
-    _prepare_out(out, src, overwrite)
-    _copy_others(src, out, set(files))
-    refs: dict[str, np.ndarray] = {}
-    rows: list[dict[str, Any]] = []
-    for file in files:  # compressed files last, so a complete directory always has them
-        target = out / (file.name.removesuffix(".safetensors") + SUFFIX)
-        rows += _compress_file(file, target, Options(fp16, canonical_zeros), refs)
-    return _report(src, out, rows, Options(fp16, canonical_zeros))
+    check_output_dir(out, given, overwrite)
+    check_output_dir(out, src, overwrite)
+    with staged_dir(out) as stage:  # OUT appears whole, or not at all
+        _copy_others(src, stage, set(files))
+        refs: dict[str, np.ndarray] = {}
+        rows: list[dict[str, Any]] = []
+        for file in files:
+            target = stage / (file.name.removesuffix(".safetensors") + SUFFIX)
+            rows += _compress_file(file, target, Options(fp16, canonical_zeros), refs)
+        report = _report(src, stage, rows, Options(fp16, canonical_zeros))
+    return {**report, "output": str(out)}
 
 
 @dataclass(frozen=True)
@@ -288,8 +284,7 @@ def _compress_file(
                 }
             )
     manifest["tensors"] = entries
-    with atomic_path(target) as tmp:
-        save_file(payload, str(tmp), metadata={_MANIFEST_KEY: json.dumps(manifest)})
+    save_file(payload, str(target), metadata={_MANIFEST_KEY: json.dumps(manifest)})
     return rows
 
 
@@ -314,12 +309,11 @@ def decompress_model(src: Path, out: Path, overwrite: bool = False) -> dict[str,
     files = _ordered(sorted(src.glob("*" + SUFFIX))) if src.is_dir() else []
     if not files:
         raise PrunebertError(f"no *{SUFFIX} in {src}; pass a directory written by prunebert compress")
-    _prepare_out(out, src, overwrite)
-    _copy_others(src, out, set(files))
-    refs: dict[str, np.ndarray] = {}
-    written = []
-    for file in files:
-        written.append(_decompress_file(file, out, refs))
+    check_output_dir(out, src, overwrite)
+    with staged_dir(out) as stage:  # OUT appears whole, or not at all
+        _copy_others(src, stage, set(files))
+        refs: dict[str, np.ndarray] = {}
+        written = [_decompress_file(file, stage, refs) for file in files]
     return {"input": str(src), "output": str(out), "files": written}
 
 
@@ -341,11 +335,10 @@ def _decompress_file(file: Path, out: Path, refs: dict[str, np.ndarray]) -> str:
                     refs[name] = nonzero
     except PrunebertError:
         raise
-    except (KeyError, ValueError, TypeError, zlib.error, SafetensorError) as exc:
+    except (KeyError, ValueError, TypeError, AttributeError, zlib.error, SafetensorError) as exc:
         raise _damaged(file, exc) from None
     target = out / Path(manifest["source_file"]).name
-    with atomic_path(target) as tmp:
-        save_file(tensors, str(tmp), metadata=manifest.get("source_metadata") or None)
+    save_file(tensors, str(target), metadata=manifest.get("source_metadata") or None)
     return target.name
 
 
