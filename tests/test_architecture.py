@@ -39,6 +39,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("data",),
     ("stages",),
     ("deploy",),
+    ("shrink",),  # retraining-free structured pruning: uses transforms, data, stages and deploy's bench
     ("study",),
     ("report",),
     ("cli",),

@@ -1,0 +1,194 @@
+"""Mask tuning: rescale each layer's kept heads and neurons by least squares (Kwon et al. 2022, sec. 4.3).
+
+Layer by layer, in order: the dense model's layer l sees the dense hidden states (the teacher's), the
+pruned model's layer l sees its own, already tuned, hidden states (the student's). The scales of layer l's
+kept heads are chosen so that the student's pre-LayerNorm attention sum matches the teacher's,
+then (with those applied) the kept neurons' scales so the FFN sum matches; then the student's hidden
+states move on through the tuned layer. A layer with nothing kept is skipped by the student (it will be
+dropped). At the last layer of a classifier only the first token is matched: nothing else reaches the
+head. Each layer's inputs are replayed from stored hidden states, so tuning costs about four passes of
+one layer per layer, not a model pass per layer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunebert.shrink.gates import LayerCall, LayerGroups, Stop, captured, gated, run_layer
+from prunebert.shrink.maths import head_system, neuron_system, relative_error, solve_scales
+from prunebert.structure import encoder_layers
+
+__all__ = ["tune_scales"]
+
+System = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class _Targets:
+    """The teacher's pre-LayerNorm sums of one layer on the selected tokens, per batch: (N, D) each."""
+
+    attention: list[torch.Tensor]
+    ffn: list[torch.Tensor]
+
+
+def _select(x: torch.Tensor, call: LayerCall, first_only: bool) -> torch.Tensor:
+    """The tokens that count: every real token (N, D), or only the first of each sequence (B, D)."""
+    return x[:, 0] if first_only else x[call.valid]
+
+
+def _module(model: nn.Module, name: str) -> nn.Linear:
+    module = model.get_submodule(name)
+    assert isinstance(module, nn.Linear)
+    return module
+
+
+def _teacher(
+    model: nn.Module, g: LayerGroups, calls: Sequence[LayerCall], hidden: list[torch.Tensor], first: bool
+) -> tuple[_Targets, list[torch.Tensor]]:
+    """The dense layer on the teacher's states: its two pre-LayerNorm sums, and its outputs."""
+    layer = encoder_layers(model)[1][g.layer]
+    out_att, out_ffn = _module(model, g.heads.output.name), _module(model, g.neurons.output.name)
+    seen: dict[str, torch.Tensor] = {}
+    targets, outputs = _Targets([], []), []
+    for call, h in zip(calls, hidden, strict=True):
+        with (
+            captured(out_att, seen, "ctx"),
+            captured(model.get_submodule(g.neurons.inputs[0].name), seen, "res"),
+            captured(out_ffn, seen, "acts"),
+        ):
+            outputs.append(run_layer(layer, h, call))
+        targets.attention.append(_select(out_att(seen["ctx"]) + h, call, first))
+        targets.ffn.append(_select(out_ffn(seen["acts"]) + seen["res"], call, first))
+    return targets, outputs
+
+
+def _attention_system(
+    model: nn.Module,
+    g: LayerGroups,
+    calls: Sequence[LayerCall],
+    hidden: list[torch.Tensor],
+    targets: list[torch.Tensor],
+    kept: torch.Tensor,
+    first: bool,
+) -> System:
+    """Normal equations for the scales of the kept heads of layer g on the student's states."""
+    layer = encoder_layers(model)[1][g.layer]
+    out = _module(model, g.heads.output.name)
+    d = g.heads.group_size
+    weight = out.weight.view(out.weight.shape[0], -1, d)[:, kept]  # (D, K, d)
+    bias = out.bias if out.bias is not None else torch.zeros(out.weight.shape[0])
+    seen: dict[str, torch.Tensor] = {}
+    total: System | None = None
+    for call, h, target in zip(calls, hidden, targets, strict=True):
+        with captured(out, seen, "ctx", stop=True), contextlib.suppress(Stop):
+            run_layer(layer, h, call)
+        ctx = _select(seen["ctx"], call, first)  # (N, H*d)
+        per_head = torch.einsum("nkd,ekd->kne", ctx.view(ctx.shape[0], -1, d)[:, kept], weight)
+        system = head_system(per_head, target - bias - _select(h, call, first))
+        total = (
+            system if total is None else (total[0] + system[0], total[1] + system[1], total[2] + system[2])
+        )
+    assert total is not None
+    return total
+
+
+def _ffn_system(
+    model: nn.Module,
+    g: LayerGroups,
+    calls: Sequence[LayerCall],
+    hidden: list[torch.Tensor],
+    targets: list[torch.Tensor],
+    kept: torch.Tensor,
+    first: bool,
+    head_gates: torch.Tensor,
+) -> System:
+    """Normal equations for the scales of the kept neurons of layer g, its heads already tuned."""
+    layer = encoder_layers(model)[1][g.layer]
+    out = _module(model, g.neurons.output.name)
+    weight = out.weight[:, kept]  # (D, K)
+    bias = out.bias if out.bias is not None else torch.zeros(out.weight.shape[0])
+    ffn_in = model.get_submodule(g.neurons.inputs[0].name)
+    seen: dict[str, torch.Tensor] = {}
+    total: System | None = None
+    for call, h, target in zip(calls, hidden, targets, strict=True):
+        with (
+            gated(model, [g], {g.layer: head_gates}, {}),
+            captured(ffn_in, seen, "res"),
+            captured(out, seen, "acts", stop=True),
+            contextlib.suppress(Stop),
+        ):
+            run_layer(layer, h, call)
+        acts = _select(seen["acts"], call, first)[:, kept]
+        system = neuron_system(acts, weight, target - bias - _select(seen["res"], call, first))
+        total = (
+            system if total is None else (total[0] + system[0], total[1] + system[1], total[2] + system[2])
+        )
+    assert total is not None
+    return total
+
+
+def _solve(system: System, damp: float, kind: str, layer: int) -> tuple[torch.Tensor | None, dict[str, Any]]:
+    """Scales for one block (None: keep 1) and a report line: residual before and after."""
+    ata, atb, btb = system
+    scales = solve_scales(ata, atb, damp)
+    ones = torch.ones(ata.shape[0], dtype=torch.float64)
+    before = relative_error(ata, atb, btb, ones)
+    after = before if scales is None else relative_error(ata, atb, btb, scales)
+    status = "tuned" if scales is not None else "kept at 1 (solution unbounded)"
+    return scales, {
+        "layer": layer,
+        "block": kind,
+        "status": status,
+        "error_before": before,
+        "error_after": after,
+    }
+
+
+@torch.no_grad()
+def tune_scales(
+    model: nn.Module,
+    groups: Sequence[LayerGroups],
+    calls: Sequence[LayerCall],
+    keep_heads: torch.Tensor,
+    keep_neurons: torch.Tensor,
+    damp: float = 1e-2,
+    first_token_last: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, Any]]]:
+    """Scales (L, H) and (L, F) of the kept groups (0 where pruned) and a per-block report."""
+    head_scales, neuron_scales = keep_heads.double(), keep_neurons.double()
+    teacher = [c.hidden for c in calls]
+    student = list(teacher)
+    report = []
+    layers = encoder_layers(model)[1]
+    for g in groups:
+        first = first_token_last and g.layer == len(groups) - 1
+        targets, teacher_next = _teacher(model, g, calls, teacher, first)
+        heads, neurons = keep_heads[g.layer].nonzero().flatten(), keep_neurons[g.layer].nonzero().flatten()
+        if len(heads):
+            system = _attention_system(model, g, calls, student, targets.attention, heads, first)
+            scales, line = _solve(system, damp, "attention", g.layer)
+            report.append(line)
+            if scales is not None:
+                head_scales[g.layer, heads] = scales
+        if len(neurons):
+            gates = head_scales[g.layer].float()
+            system = _ffn_system(model, g, calls, student, targets.ffn, neurons, first, gates)
+            scales, line = _solve(system, damp, "ffn", g.layer)
+            report.append(line)
+            if scales is not None:
+                neuron_scales[g.layer, neurons] = scales
+        if len(heads) or len(neurons):  # an empty layer is dropped: the student skips it
+            gates_h, gates_n = (
+                {g.layer: head_scales[g.layer].float()},
+                {g.layer: neuron_scales[g.layer].float()},
+            )
+            with gated(model, [g], gates_h, gates_n):
+                student = [run_layer(layers[g.layer], h, c) for h, c in zip(student, calls, strict=True)]
+        teacher = teacher_next
+    return head_scales.float(), neuron_scales.float(), report
