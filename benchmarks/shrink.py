@@ -1,0 +1,158 @@
+"""Retraining-free structured pruning to a requested speed-up (issue 17): `prunebert shrink`, measured.
+
+Per task, runtime and batch size, for each requested speed-up S and distillation budget D (0 = the paper's
+retraining-free setting): one `run_shrink` of the dense fine-tuned model (Fisher over 2,048 training
+examples, search against this machine's latency table, rearrangement, least-squares tuning, slim), with
+D steps of distillation from the dense model when D > 0, then test accuracy of dense and shrunk models
+and the speed-up measured against dense torch fp32 in the same bench run. Each cell records requested vs
+measured speed-up, accuracy change, the command's wall time (shrink alone and in all) and the CPU with
+its instruction sets. The JSON is rewritten after every cell; a cell already there with the same settings
+is kept.
+
+    .venv/bin/python benchmarks/shrink.py --model /work/runs/dense-rotten-tomatoes-s0 \\
+        --speedups 1.5 2 --distill-steps 0                       # the cheapest points
+    .venv/bin/python benchmarks/shrink.py --task reuters-r8 --speedups 1.5 2 3 4 --distill-steps 0 250
+    .venv/bin/python benchmarks/shrink.py --table                # the Markdown table of the JSON
+
+Without --model, the dense model is fine-tuned first (`prunebert.stages.finetune`: minilm-l6, the full
+training split, 3 epochs, lr 5e-5, seed 0) under --runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from prunebert.hardware import cpu_features, cpu_name
+from prunebert.io import write_json
+from prunebert.shrink.config import ShrinkConfig
+from prunebert.shrink.job import run_shrink
+from prunebert.stages.common import TrainConfig
+from prunebert.stages.finetune import FinetuneConfig
+from prunebert.stages.runner import run_or_reuse
+
+ROOT = Path(__file__).resolve().parent
+
+
+def _args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", help="dense fine-tuned model (default: fine-tune minilm-l6 first)")
+    parser.add_argument("--task", default="rotten-tomatoes")
+    parser.add_argument("--speedups", type=float, nargs="+", default=[1.5, 2.0, 3.0, 4.0])
+    parser.add_argument("--distill-steps", type=int, nargs="+", default=[0, 250])
+    parser.add_argument("--runtime", default="torch")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--calibration", type=int, default=2048)
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "shrink")
+    parser.add_argument("--output", type=Path, default=ROOT / "results" / "shrink.json")
+    parser.add_argument("--table", action="store_true", help="print the Markdown table of --output")
+    return parser.parse_args()
+
+
+def _dense(args: argparse.Namespace) -> str:
+    """The dense fine-tuned model: --model, or a fine-tune of minilm-l6 (reused once finished)."""
+    if args.model:
+        return str(args.model)
+    config = FinetuneConfig(
+        model="minilm-l6",
+        task=args.task,
+        output_dir=args.runs / f"dense-{args.task}",
+        seed=0,
+        train=TrainConfig(epochs=3, learning_rate=5e-5, save_steps=100000),
+    )
+    return str(run_or_reuse(config)["model_dir"])
+
+
+def _cell(args: argparse.Namespace, model: str, speedup: float, steps: int) -> dict[str, Any]:
+    """One `run_shrink` and what the table needs of it."""
+    name = f"{args.task}-{args.runtime}-b{args.batch_size}-x{speedup:g}-d{steps}"
+    cfg = ShrinkConfig(
+        task=args.task,
+        output_dir=args.runs / name,
+        speedup=speedup,
+        runtime=args.runtime,
+        batch_size=args.batch_size,
+        calibration=args.calibration,
+        evaluate=True,
+        distill_steps=steps,
+    )
+    start = time.perf_counter()
+    report = run_shrink(model, cfg, overwrite=True)
+    metrics = report["metrics"]
+    shrunk = metrics["distilled"] if steps else metrics["zero_step"]
+    return {
+        "name": name,
+        "settings": {
+            "speedup": speedup,
+            "distill_steps": steps,
+            "runtime": args.runtime,
+            "batch_size": args.batch_size,
+            "calibration": args.calibration,
+            "model": model,
+        },
+        "requested_speedup": speedup,
+        "measured_speedup": report["measured"]["speedup"],
+        "measured_range": report["measured"]["speedup_range"],
+        "predicted_speedup": report["target"]["baseline_torch_fp32_s"] / report["choice"]["predicted_cost"],
+        "dense_test": metrics["dense"]["test"],
+        "zero_step_test": metrics["zero_step"]["test"],
+        "test": shrunk["test"],
+        "heads_kept": report["choice"]["heads_kept"],
+        "neurons_kept": report["choice"]["neurons_kept"],
+        "layers_dropped": report["choice"]["layers_dropped"],
+        "parameters": report["parameters"],
+        "shrink_seconds": report["shrink_seconds"],
+        "wall_seconds": time.perf_counter() - start,
+        "latency_table": {k: v for k, v in report["target"].items() if k != "table"},
+        "environment": report["measured"]["environment"],
+    }
+
+
+def _table(results: dict[str, Any]) -> str:
+    lines = [
+        "| task | runtime, batch | requested | measured (min-max) | predicted | distill steps | test acc "
+        "(dense) | change | shrink s | wall s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for cell in results["cells"].values():
+        s, acc, dense = cell["settings"], cell["test"]["accuracy"], cell["dense_test"]["accuracy"]
+        low, high = cell["measured_range"]
+        lines.append(
+            f"| {cell['name'].split('-torch')[0]} | {s['runtime']}, {s['batch_size']} | "
+            f"{cell['requested_speedup']:g}x | {cell['measured_speedup']:.2f}x ({low:.2f}-{high:.2f}) | "
+            f"{cell['predicted_speedup']:.2f}x | {s['distill_steps']} | {acc:.1%} ({dense:.1%}) | "
+            f"{100 * (acc - dense):+.1f} pt | {cell['shrink_seconds']:.0f} | {cell['wall_seconds']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    args = _args()
+    results: dict[str, Any] = json.loads(args.output.read_text()) if args.output.is_file() else {"cells": {}}
+    if args.table:
+        print(_table(results))
+        return
+    model = _dense(args)
+    results["machine"] = {"cpu": cpu_name(), "cpu_features": cpu_features()}
+    for steps in args.distill_steps:
+        for speedup in args.speedups:
+            name = f"{args.task}-{args.runtime}-b{args.batch_size}-x{speedup:g}-d{steps}"
+            done = results["cells"].get(name)
+            if (
+                done
+                and done["settings"]["calibration"] == args.calibration
+                and done["settings"]["model"] == model
+            ):
+                continue
+            results["cells"][name] = _cell(args, model, speedup, steps)
+            write_json(args.output, results)
+            print(_table(results), flush=True)
+
+
+if __name__ == "__main__":
+    main()
