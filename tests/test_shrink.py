@@ -157,3 +157,14 @@ def test_shrink_command_speedup_measures_caches_and_benches(
     assert len(list((tmp_path / "cache" / "latency").glob("torch-b1-s16-t1-*.json"))) == 1
     measured = second["measured"]
     assert isinstance(measured, dict) and measured["speedup"] > 0 and measured["flops_fraction"] < 1
+
+
+def test_shrink_command_distills_from_the_dense_model(space: Path, tmp_path: Path) -> None:
+    report = _shrink_cli(
+        space, tmp_path / "out", "--flops", "0.6", "--bench", "false", "--distill_steps", "2"
+    )
+    assert (tmp_path / "out" / "zero-step" / "config.json").is_file()
+    assert (tmp_path / "out" / "distill" / "results.json").is_file()
+    assert "distilled" in report["metrics"]  # type: ignore[operator]
+    loaded = load_model(str(tmp_path / "out"), head="classification")
+    assert "prunebert_slim" in loaded.model.config.to_dict()
