@@ -1,0 +1,175 @@
+"""Training speed of the stages' CPU paths against fp32 (today's default), in the same run; their accuracy.
+
+Speed: minilm-l6 fine-tuned on the real data of each task (the stage's own tokenisation, length grouping,
+collator, TrainingArguments and Trainer), each configuration timed over the same optimizer steps after a
+few warm-up steps; configurations alternate within each round, and the speed-up is the median over rounds
+of the per-round ratio to fp32 at the default thread count (so load that changes between rounds cancels).
+
+Accuracy (--accuracy): full dense fine-tunes (3 epochs, whole training split) in fp32 and in each faster
+configuration, seeds 0 and 1: test accuracy per seed, so a difference can be read against the seed spread.
+
+    .venv/bin/python benchmarks/train_speed.py                 # speed, both tasks (~10 min)
+    .venv/bin/python benchmarks/train_speed.py --accuracy      # + 8 full fine-tunes of rotten-tomatoes (~1 h)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import DataCollatorWithPadding, Trainer, TrainerCallback
+
+from prunebert.hardware import cpu_features, cpu_name
+from prunebert.models import load_model
+from prunebert.stages.common import mean_loss_per_batch, resolve_precision, training_arguments
+from prunebert.stages.finetune import FinetuneConfig
+from prunebert.stages.runner import run_or_reuse
+from results_table import write_results  # benchmarks/results_table.py: the script's folder is on sys.path
+
+ROOT = Path(__file__).resolve().parent
+#: name -> (precision, torch threads or 0 for torch's default)
+CONFIGS: dict[str, tuple[str, int]] = {
+    "fp32": ("fp32", 0),
+    "auto": ("auto", 0),
+    "fp32-1thread": ("fp32", 1),
+    "auto-1thread": ("auto", 1),
+}
+BASELINE = "fp32"
+
+
+class StepTimer(TrainerCallback):
+    """Wall time of the optimizer steps after the first `warmup` ones."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup, self.start, self.end, self.steps = warmup, 0.0, 0.0, 0
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Start the clock after the warm-up steps, stop it at every later step."""
+        if state.global_step == self.warmup:
+            self.start = time.perf_counter()
+        elif state.global_step > self.warmup:
+            self.end, self.steps = time.perf_counter(), state.global_step - self.warmup
+
+
+def steps_per_second(task: str, precision: str, threads: int, steps: int, warmup: int) -> float:
+    """Optimizer steps per second of a dense fine-tune of minilm-l6 on `task`, as the stage trains it."""
+    default_threads = torch.get_num_threads()
+    torch.set_num_threads(threads or default_threads)
+    try:
+        cfg = FinetuneConfig.model_validate(
+            {
+                "task": task,
+                "train": {"max_steps": steps + warmup, "precision": precision, "save_steps": 10**6},
+            }
+        )
+        data = cfg.load(cfg.seed, None)
+        loaded = load_model("minilm-l6", head="classification", num_labels=data.num_labels)
+        timer = StepTimer(warmup)
+        with tempfile.TemporaryDirectory() as out:
+            trainer = Trainer(
+                model=loaded.model,
+                args=training_arguments(cfg.train, Path(out), cfg.seed),
+                train_dataset=cfg.features(data, loaded.tokenizer)["train"],
+                data_collator=DataCollatorWithPadding(loaded.tokenizer),
+                callbacks=[timer],
+            )
+            trainer.args.disable_tqdm = True
+            mean_loss_per_batch(trainer).train()
+        return timer.steps / (timer.end - timer.start)
+    finally:
+        torch.set_num_threads(default_threads)
+
+
+def speed(tasks: list[str], configs: list[str], rounds: int, steps: int, warmup: int) -> list[dict[str, Any]]:
+    """Per task and configuration: steps/s in each round and the median per-round ratio to the baseline."""
+    rows = []
+    for task in tasks:
+        measured: dict[str, list[float]] = {name: [] for name in configs}
+        for r in range(rounds):
+            for name in configs:
+                precision, threads = CONFIGS[name]
+                measured[name].append(steps_per_second(task, precision, threads, steps, warmup))
+                print(f"[speed] {task} round {r} {name}: {measured[name][-1]:.3f} steps/s", flush=True)
+        for name in configs:
+            ratios = [a / b for a, b in zip(measured[name], measured[BASELINE], strict=True)]
+            rows.append(
+                {
+                    "task": task,
+                    "config": name,
+                    "precision": resolve_precision(CONFIGS[name][0]),
+                    "threads": CONFIGS[name][1] or torch.get_num_threads(),
+                    "steps_per_s": measured[name],
+                    "speedup_vs_fp32": statistics.median(ratios),
+                }
+            )
+    return rows
+
+
+def accuracy(precisions: list[str], seeds: list[int], runs: Path) -> list[dict[str, Any]]:
+    """Full dense fine-tunes of rotten-tomatoes per precision and seed (resumable run by run)."""
+    rows = []
+    for precision in precisions:
+        for seed in seeds:
+            recipe = {
+                "task": "rotten-tomatoes",
+                "seed": seed,
+                "output_dir": str(runs / f"{precision}-s{seed}"),
+                "train": {"epochs": 3.0, "learning_rate": 5e-5, "precision": precision, "save_steps": 200},
+            }
+            results = run_or_reuse(FinetuneConfig.model_validate(recipe))
+            rows.append(
+                {
+                    "precision": precision,
+                    "resolved": resolve_precision(precision),
+                    "seed": seed,
+                    "test_accuracy": results["metrics"]["test"]["accuracy"],
+                    "runtime_s": results["train"]["runtime_s"],
+                    "steps": results["train"]["steps"],
+                }
+            )
+    return rows
+
+
+def main() -> None:
+    """Measure speed (and accuracy with --accuracy); write the JSON."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--tasks", nargs="+", default=["rotten-tomatoes", "reuters-r8"])
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=40, help="timed optimizer steps per measurement")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--accuracy", action="store_true", help="also run the full fine-tunes")
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "train_speed")
+    parser.add_argument("--output", type=Path, default=ROOT / "results" / "train_speed.json")
+    args = parser.parse_args()
+    if BASELINE not in args.configs:
+        parser.error(f"--configs must include the baseline {BASELINE}")
+    started = time.time()
+    settings = {
+        "model": "minilm-l6",
+        "batch_size": 32,
+        "max_seq_length": 128,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "rounds": args.rounds,
+        "cpu": cpu_name(),
+        "cpu_features": cpu_features(),
+    }
+    rows = speed(args.tasks, args.configs, args.rounds, args.steps, args.warmup)
+    if args.accuracy:
+        precisions = sorted({CONFIGS[name][0] for name in args.configs})
+        rows += [{"accuracy": True, **row} for row in accuracy(precisions, [0, 1], args.runs)]
+    write_results(args.output, "train_speed", settings, rows, True, started)
+    print(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
