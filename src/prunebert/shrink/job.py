@@ -159,6 +159,11 @@ def run_shrink(model: str, cfg: ShrinkConfig, overwrite: bool = False) -> dict[s
     finally:
         torch.set_num_threads(previous)
     shrink_s = time.perf_counter() - wall
+    if bool(result.keep_heads.all()) and bool(result.keep_neurons.all()):
+        raise PrunebertError(
+            f"the dense model already fits the budget ({result.dense_cost:.4g} <= {budget:.4g} "
+            f"{costs.unit}); nothing to remove: ask for more"
+        )
     out.mkdir(parents=True, exist_ok=True)
     first = out / ("zero-step" if cfg.distill_steps else "model")
     with tempfile.TemporaryDirectory(prefix=".folded-", dir=out) as scratch:
