@@ -21,6 +21,7 @@ from prunebert.pruner import Pruner
 from prunebert.structure import kept_groups
 from prunebert.transforms.layer_skip import restore_skipped_layers
 from prunebert.transforms.lowrank import LOWRANK_KEY
+from prunebert.transforms.saved_config import read_config
 from prunebert.transforms.slim import load_slim
 from tiny import StopAt, tiny_classifier, tiny_dataset, tiny_training_args
 
@@ -69,15 +70,16 @@ def _sparsity_tolerance(pruner: Pruner) -> float:
 def _load_baked(path: Path) -> torch.nn.Module:
     """The baked model as plain transformers loads it, plus what its config records.
 
-    Skipped layers (layerdrop) are re-applied on top of a plain load (a zeroed layer still applies its
-    biases and LayerNorms; `prunebert.models.load_model` does the same). A factorised model (lowrank)
-    cannot be built by plain transformers at all (its shapes differ from the config's): prunebert's
-    loader builds it.
+    Skipped layers (layerdrop) are re-applied on top of a load with the plain config (a zeroed layer still
+    applies its biases and LayerNorms; `prunebert.models.load_model` does the same; the saved model is a
+    custom-code one that plain transformers loads only with trust_remote_code). A factorised model
+    (lowrank) cannot be built from the plain config (its shapes differ): prunebert's loader builds it.
     """
     if LOWRANK_KEY in json.loads((path / "config.json").read_text()):
         model = load_slim(path)
     else:
-        model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+        config = read_config(path)
+        model = AutoModelForSequenceClassification.from_pretrained(path, config=config).eval()
     restore_skipped_layers(model)
     return model
 

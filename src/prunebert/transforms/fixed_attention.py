@@ -22,7 +22,9 @@ discarded: patterns alone make nothing faster.
 
 The assignment (layer -> head -> pattern) is recorded in the model's config as `prunebert_fixed_attention`
 and `prunebert.models.load_model` re-applies it, so a saved model gives the same outputs after loading.
-Plain `from_pretrained` ignores the entry; call `restore_fixed_attention(model)` after it.
+Saved by prunebert, the model carries its modeling code for plain transformers
+(`prunebert.transforms.custom_code`); a model built from the plain config needs
+`restore_fixed_attention(model)`.
 """
 
 from __future__ import annotations

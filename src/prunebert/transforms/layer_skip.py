@@ -8,9 +8,10 @@ accelerate's `add_hook_to_module` shadows `forward` the same way), and the model
 
     "prunebert_skipped_layers": {"version": 1, "layers": [1, 3]}        (current layer numbers)
 
-so `prunebert.models.load_model` skips them again after loading. Plain `from_pretrained` ignores the
-entry (and then runs the zeroed layers): call `restore_skipped_layers(model)` after it. `prunebert slim`
-removes skipped layers physically, which gives the same outputs.
+so `prunebert.models.load_model` skips them again after loading; the saved model carries its modeling
+code for plain transformers (`prunebert.transforms.custom_code`). A model built from the plain config
+needs `restore_skipped_layers(model)`. `prunebert slim` removes skipped layers physically, which gives
+the same outputs.
 """
 
 from __future__ import annotations

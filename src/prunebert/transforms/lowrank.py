@@ -24,7 +24,8 @@ task head loads headless and back) and current layer numbers:
                           "split": {"encoder.layer.0.output.dense": 13}}
 
 `prunebert.transforms.slim.load_slim` (and `prunebert.models.load_model`) rebuild those modules before
-loading the weights; plain `from_pretrained` cannot (the shapes differ from the config's).
+loading the weights; plain transformers does it with the modeling code saved beside them
+(`prunebert.transforms.custom_code`, `trust_remote_code=True`).
 """
 
 from __future__ import annotations

@@ -16,9 +16,9 @@ transformers v5 dropped `prune_heads` / `config.pruned_heads`, so a slimmed mode
 numbers are the original model's; the config's own sizes stay those of the full model).
 `load_slim` (and `prunebert.models.load_model`) builds the full architecture from the config, shrinks
 each layer to that layout, rebuilds the factorised modules of a `prunebert_lowrank` entry
-(`prunebert.transforms.lowrank`), then loads the smaller safetensors strictly. Plain `from_pretrained`
-cannot load it: the shapes do not match the config. Heads and neurons whose projections are factorised
-are never cut.
+(`prunebert.transforms.lowrank`), then loads the smaller safetensors strictly. Saved by prunebert, the
+directory also carries that rebuild as modeling code for plain transformers (`trust_remote_code=True`,
+`prunebert.transforms.custom_code`). Heads and neurons whose projections are factorised are never cut.
 """
 
 from __future__ import annotations
