@@ -1,6 +1,6 @@
 """prunebert: prune BERT-family encoders in pre-training and fine-tuning, and make them smaller for real."""
 
-from prunebert.callback import PruningCallback
+from prunebert.callback import PruningCallback, log_pruning_first
 from prunebert.config import PruningConfig
 from prunebert.errors import PrunebertError
 from prunebert.methods import available_methods, register_method
@@ -12,6 +12,7 @@ __all__ = [
     "PruningCallback",
     "PruningConfig",
     "available_methods",
+    "log_pruning_first",
     "register_method",
 ]
 __version__ = "0.1.0"

@@ -10,6 +10,10 @@ Usable in any user's own Trainer:
 Checkpoints written by the Trainer get the pruner's masks and method state beside them, and
 `trainer.train(resume_from_checkpoint=...)` restores them before the first resumed step.
 
+Experiment trackers (`report_to=["tensorboard"]`, wandb, mlflow) get the sparsity and the method's metrics
+only if this callback runs before theirs: the Trainer puts its trackers first, so call
+`log_pruning_first(trainer)` after building it (the stages do).
+
 A method that asks for gradient samples at each mask update (`obs`) gets a sampler over the Trainer's
 training data (its dataset and collator, through a loader of the sampler's own), unless the pruner
 already has one.
@@ -17,11 +21,14 @@ already has one.
 
 from __future__ import annotations
 
+import importlib.util
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.integrations.integration_utils import TensorBoardCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from prunebert.errors import PrunebertError
@@ -30,7 +37,14 @@ from prunebert.pruner import Pruner
 from prunebert.sampling import GradientSampler
 from prunebert.schedules import RewindLR, mask_update_steps
 
-__all__ = ["PruningCallback"]
+__all__ = ["PruningCallback", "log_pruning_first", "trackers"]
+
+#: experiment tracker (a `report_to` name) -> the module it needs and the package that installs it
+TRACKER_PACKAGES = {
+    "tensorboard": ("tensorboard", "tensorboard"),
+    "wandb": ("wandb", "wandb"),
+    "mlflow": ("mlflow", "mlflow"),
+}
 
 
 def _checkpoint_dir(args: TrainingArguments, state: TrainerState) -> Path:
@@ -141,3 +155,32 @@ class PruningCallback(TrainerCallback):
     ) -> None:
         """Leave the model with exact zeros in every pruned weight."""
         self.pruner.enforce()
+
+
+def trackers(names: Sequence[str]) -> list[str]:
+    """The `report_to` list for TrainingArguments ("none" dropped); a tracker whose package is missing is a
+    one-line error naming the install command."""
+    chosen = [n for n in names if n != "none"]
+    for name in chosen:
+        module, package = TRACKER_PACKAGES[name]
+        if importlib.util.find_spec(module) is None:
+            raise PrunebertError(
+                f"--train.report_to {name} needs the {package} package: pip install {package} "
+                "(or drop it from report_to)"
+            )
+    return chosen
+
+
+def log_pruning_first(trainer: Trainer, tensorboard_dir: Path | None = None) -> Trainer:
+    """Run every `PruningCallback` before the Trainer's own callbacks, so the trackers it put first log
+    the sparsity and method metrics that `on_log` adds; TensorBoard writes into `tensorboard_dir` if given."""
+    callbacks = trainer.callback_handler.callbacks
+    callbacks.sort(key=lambda c: not isinstance(c, PruningCallback))  # stable: the rest keep their order
+    for callback in callbacks:
+        if (
+            tensorboard_dir is not None
+            and isinstance(callback, TensorBoardCallback)
+            and not callback.logging_dir
+        ):
+            callback.logging_dir = str(tensorboard_dir)
+    return trainer

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 import yaml
-from pydantic import Field
+from pydantic import Field, field_validator
 from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -23,7 +23,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from prunebert.callback import PruningCallback
+from prunebert.callback import PruningCallback, log_pruning_first, trackers
 from prunebert.config import PruningConfig
 from prunebert.distributed import gather_strings, is_main_process, mask_digest
 from prunebert.errors import PrunebertError
@@ -45,12 +45,15 @@ __all__ = [
     "pruning_callbacks",
     "resolve_precision",
     "sparsity_report",
+    "tracked",
     "training_arguments",
 ]
 
 RESULTS_FILE = "results.json"
 RECIPE_FILE = "recipe.yaml"
 START_FILE = "start.json"  # what a stage measured before training, kept for a resumed run
+Tracker = Literal["tensorboard", "wandb", "mlflow", "none"]
+_NO_TRACKER: list[Tracker] = ["none"]
 
 
 class TrainConfig(StrictModel):
@@ -82,8 +85,26 @@ class TrainConfig(StrictModel):
     logging_steps: int = Field(20, ge=1, description="log loss and sparsity every N steps")
     save_steps: int = Field(200, ge=1, description="write a resumable checkpoint every N steps")
     save_total_limit: int = Field(2, ge=1, description="keep at most N complete checkpoints")
+    report_to: list[Tracker] = Field(
+        default_factory=lambda: _NO_TRACKER.copy(),
+        description="experiment trackers that get the logged loss, learning rate, sparsity and the method's "
+        "metrics; tensorboard writes OUTPUT_DIR/tensorboard/",
+    )
 
-    recorded_if_set: ClassVar[tuple[str, ...]] = ("lr_schedule", "lr_floor")
+    recorded_if_set: ClassVar[tuple[str, ...]] = ("lr_schedule", "lr_floor", "report_to")
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_tracker(cls, value: Any) -> Any:
+        """`--train.report_to tensorboard` is a list of one."""
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("report_to")
+    @classmethod
+    def _none_alone(cls, value: list[str]) -> list[str]:
+        if "none" in value and len(value) > 1:
+            raise ValueError("'none' means no tracker; list trackers without it")
+        return value
 
     def planned_steps(self, examples: int) -> int:
         """Optimizer steps of a one-process run over `examples` training examples (as the Trainer counts)."""
@@ -138,7 +159,7 @@ def training_arguments(cfg: TrainConfig, output_dir: Path, seed: int) -> Trainin
         save_steps=cfg.save_steps,
         save_total_limit=None,  # CompleteCheckpoints rotates, once the new checkpoint is complete
         eval_strategy="no",
-        report_to=[],
+        report_to=trackers(cfg.report_to),
         seed=seed,
         data_seed=seed,
         use_cpu=not torch.cuda.is_available(),
@@ -156,6 +177,14 @@ def mean_loss_per_batch(trainer: Trainer) -> Trainer:
     """
     trainer.model_accepts_loss_kwargs = False
     return trainer
+
+
+def tracked(trainer: Trainer) -> Trainer:
+    """Let the trackers of `--train.report_to` log the sparsity and method metrics (the pruning callback
+    runs first); TensorBoard writes into the run directory's `tensorboard/` (a stage's checkpoints sit in
+    `OUTPUT_DIR/checkpoints`)."""
+    out = Path(trainer.args.output_dir or ".")
+    return log_pruning_first(trainer, (out.parent if out.name == "checkpoints" else out) / "tensorboard")
 
 
 class RunDir:

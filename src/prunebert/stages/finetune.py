@@ -32,6 +32,7 @@ from prunebert.stages.common import (
     mean_loss_per_batch,
     pruning_callbacks,
     sparsity_report,
+    tracked,
     training_arguments,
 )
 from prunebert.stages.distill import DistillationTrainer, DistillConfig, Distiller
@@ -206,7 +207,7 @@ def run_finetune(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]
         if distiller is None
         else DistillationTrainer(**trainer_kwargs, distiller=distiller)
     )
-    mean_loss_per_batch(trainer)
+    tracked(mean_loss_per_batch(trainer))
     start = time.time()
     output = train_resumed(trainer, resume)
     runtime = time.time() - start

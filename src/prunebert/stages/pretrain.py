@@ -39,6 +39,7 @@ from prunebert.stages.common import (
     mean_loss_per_batch,
     pruning_callbacks,
     sparsity_report,
+    tracked,
     training_arguments,
 )
 from prunebert.stages.mlm import MaskedPositionsTrainer
@@ -145,7 +146,7 @@ def _trainer(model: PreTrainedModel, args: Any, train_set: Any, collator: Any, c
         compute_metrics=masked_token_accuracy,
         preprocess_logits_for_metrics=_argmax,
     )
-    return mean_loss_per_batch(trainer)
+    return tracked(mean_loss_per_batch(trainer))
 
 
 def warm_up_head(
