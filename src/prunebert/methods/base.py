@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Protocol
 
 import torch
+from pydantic import BeforeValidator, ConfigDict, ValidationError
+from pydantic_core import ErrorDetails
 from torch import nn
 
 from prunebert.errors import PrunebertError
+from prunebert.recipes import StrictModel
 
 if TYPE_CHECKING:
     from prunebert.schedules import Schedule
     from prunebert.targets import Target
 
-__all__ = ["GradientRequest", "MethodOptions", "PruneSettings", "PruningMethod", "parse_options"]
+__all__ = [
+    "Count",
+    "GradientRequest",
+    "MethodOptions",
+    "Number",
+    "PruneSettings",
+    "PruningMethod",
+    "parse_options",
+]
 
 
 class PruneSettings(Protocol):
@@ -34,23 +45,64 @@ class PruneSettings(Protocol):
         """`oneshot`, `cubic`, `iterative` or `fixed`."""
 
 
-@dataclass(frozen=True)
-class MethodOptions:
-    """Method-specific options; subclasses add fields and validate them in `__post_init__`."""
+def _not_a_flag(value: Any) -> Any:
+    """YAML's true/false are not numbers here (pydantic would read them as 1 and 0)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true or false")
+    return value
+
+
+#: a finite float option; strings such as YAML's `1e-3` (read as text, no dot) are parsed, booleans refused
+Number = Annotated[float, BeforeValidator(_not_a_flag)]
+#: a whole-number option; `1.5` and booleans are refused
+Count = Annotated[int, BeforeValidator(_not_a_flag)]
+
+
+class MethodOptions(StrictModel):
+    """Method-specific options: a strict, frozen pydantic model, one `Field(description=...)` per option;
+    bounds as `ge`/`gt`/`lt`, rules between options as validators."""
+
+    model_config = ConfigDict(frozen=True)
+
+
+#: pydantic's error types worded as a recipe's reader would say them
+_WORDING = {
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "finite_number": "must be a finite number",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "int_type": "must be a whole number",
+    "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "list_type": "must be a list",
+}
+
+
+def _problem(error: ErrorDetails) -> str:
+    """One pydantic error as `<option> must be ..., got <value>` (`<option>` absent for cross-field rules)."""
+    name = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"])[1:]
+    kind = error["type"]
+    if kind == "literal_error":
+        message = f"must be one of {error.get('ctx', {}).get('expected', '')}"
+    else:
+        default = error["msg"].removeprefix("Value error, ").replace("Input should be", "must be", 1)
+        message = _WORDING.get(kind, default)
+    return f"{name} {message}, got {error['input']!r}" if name else message
 
 
 def parse_options(cls: type[MethodOptions], method: str, options: Mapping[str, Any]) -> MethodOptions:
-    """Build `cls` from a recipe's `options` mapping; unknown keys are a one-line error."""
-    known = {f.name for f in fields(cls)}
+    """Build `cls` from a recipe's `options` mapping; unknown keys and bad values are one-line errors."""
+    known = set(cls.model_fields)
     unknown = sorted(set(options) - known)
     if unknown:
         raise PrunebertError(
             f"unknown option(s) {unknown} for method {method!r}; known options: {sorted(known) or 'none'}"
         )
     try:
-        return cls(**options)
-    except (TypeError, ValueError) as exc:
-        raise PrunebertError(f"bad option for method {method!r}: {exc}") from None
+        return cls.model_validate(dict(options))
+    except ValidationError as exc:
+        raise PrunebertError(f"bad option for method {method!r}: {_problem(exc.errors()[0])}") from None
 
 
 @dataclass(frozen=True)
@@ -70,6 +122,8 @@ class PruningMethod:
     """
 
     name: ClassVar[str] = ""
+    #: the paper (or papers) the method follows, as `Authors year, arXiv:id`; "" for plain baselines
+    paper: ClassVar[str] = ""
     options_cls: ClassVar[type[MethodOptions]] = MethodOptions
     #: pruned weights never come back (their score is forced to -inf before ranking)
     monotone: ClassVar[bool] = True

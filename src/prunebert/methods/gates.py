@@ -23,15 +23,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from functools import partial
 from typing import Any, ClassVar
 
 import torch
 import torch.distributed as dist
+from pydantic import Field
 from torch import nn
 
-from prunebert.methods.base import MethodOptions, PruneSettings, PruningMethod
+from prunebert.methods.base import MethodOptions, Number, PruneSettings, PruningMethod
 from prunebert.methods.registry import register_method
 from prunebert.methods.structured import GroupPruning
 from prunebert.structure import GroupSet
@@ -44,7 +44,6 @@ __all__ = [
     "GatedMethod",
     "LearnedGateOptions",
     "adam_update",
-    "check_number",
     "hard_concrete",
     "l0_gradient",
     "open_probability",
@@ -81,14 +80,6 @@ def adam_update(
     v = 0.999 * v + 0.001 * grad.square()
     m_hat, v_hat = m / (1 - 0.9**step), v / (1 - 0.999**step)
     return param - lr * m_hat / (v_hat.sqrt() + 1e-8), m, v
-
-
-def check_number(name: str, value: object, low: float, strict: bool) -> float:
-    """`value` as a float if a finite number above `low` (or equal, unless `strict`); else ValueError."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or (value <= low if strict else value < low):  # type: ignore[operator]
-        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {low}, got {value!r}")
-    return float(value)  # type: ignore[arg-type]
 
 
 class GateTensors:
@@ -169,28 +160,21 @@ class GateTensors:
             self.moments[key] = (state[f"adam_m.{key}"].clone(), state[f"adam_v.{key}"].clone())
 
 
-@dataclass(frozen=True)
 class LearnedGateOptions(MethodOptions):
-    """What every method with `GateTensors` takes: lr_gates, their Adam step size; init, log_alpha's start."""
+    """What every method with `GateTensors` takes: their Adam step size and their starting log_alpha."""
 
-    lr_gates: float = 0.05
-    #: 3.0 starts every gate open (evaluation gate 1.0, training samples almost always 1.0)
-    init: float = 3.0
+    lr_gates: Number = Field(0.05, gt=0.0, description="Adam step size on the gates' log_alpha")
+    init: Number = Field(
+        3.0,
+        description="every log_alpha's start (3.0: all open, evaluation gate 1.0, training samples almost "
+        "always 1.0)",
+    )
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "lr_gates", check_number("lr_gates", self.lr_gates, 0.0, strict=True))
-        object.__setattr__(self, "init", check_number("init", self.init, -math.inf, strict=True))
 
-
-@dataclass(frozen=True)
 class GateOptions(LearnedGateOptions):
-    """lam: L0 penalty per open gate (loss units); lr_gates: Adam step size on log_alpha; init: its start."""
+    """The L0 penalty on top of the learned gates' options."""
 
-    lam: float = 0.01
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        object.__setattr__(self, "lam", check_number("lam", self.lam, 0.0, strict=False))
+    lam: Number = Field(0.01, ge=0.0, description="L0 penalty per open gate, in loss units")
 
 
 class GatedMethod(PruningMethod):
@@ -246,6 +230,7 @@ class GatedMethod(PruningMethod):
 class GatePruning(GatedMethod, GroupPruning):
     """Heads (and neurons, with FFN roles) ranked by learned Hard Concrete gates under an L0 penalty."""
 
+    paper: ClassVar[str] = "Voita et al. 2019, arXiv:1905.09418"
     options_cls: ClassVar[type[MethodOptions]] = GateOptions
     defaults: ClassVar[dict[str, Any]] = {
         "schedule": "oneshot",

@@ -22,17 +22,17 @@ paper; an earlier `start_fraction` fine-tunes the shallower model for the rest o
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import torch
+from pydantic import Field, field_validator
 from torch import nn
 
 from prunebert.errors import PrunebertError
-from prunebert.methods.base import MethodOptions, PruneSettings, PruningMethod
+from prunebert.methods.base import Count, MethodOptions, Number, PruneSettings, PruningMethod
 from prunebert.methods.registry import register_method
 from prunebert.structure import encoder_layers
 from prunebert.targets import Target
@@ -57,25 +57,20 @@ def drop_decisions(num_layers: int, p: float, seed: int, step: int, forward: int
     return torch.rand(num_layers, generator=generator) < p
 
 
-@dataclass(frozen=True)
 class LayerDropOptions(MethodOptions):
-    """p: chance a layer is skipped in a training forward; drop: the layers to remove (else `every_other`)."""
+    """The chance of skipping a layer in training, and which layers go at the end."""
 
-    p: float = 0.2
-    drop: list[int] | None = None
+    p: Number = Field(0.2, ge=0.0, lt=1.0, description="chance a layer is skipped in a training forward")
+    drop: list[Annotated[Count, Field(ge=0)]] | None = Field(
+        None, description="the layers to remove, 0-based (None: `every_other` at the target sparsity)"
+    )
 
-    def __post_init__(self) -> None:
-        p = self.p
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not (math.isfinite(p) and 0 <= p < 1):
-            raise ValueError(f"p must be a number in [0, 1), got {p!r}")
-        object.__setattr__(self, "p", float(p))
-        drop = self.drop
-        if drop is not None and (
-            not isinstance(drop, list)
-            or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in drop)
-            or len(set(drop)) != len(drop)
-        ):
-            raise ValueError(f"drop must be a list of distinct layer numbers (0-based), got {drop!r}")
+    @field_validator("drop")
+    @classmethod
+    def _distinct(cls, drop: list[int] | None) -> list[int] | None:
+        if drop is not None and len(set(drop)) != len(drop):
+            raise ValueError("must be a list of distinct layer numbers (0-based)")
+        return drop
 
 
 @dataclass
@@ -98,6 +93,7 @@ def _layer_forward(
 class LayerDrop(PruningMethod):
     """Whole encoder layers: skipped at random while training, the `every_other` ones removed at the end."""
 
+    paper: ClassVar[str] = "Fan, Grave & Joulin 2019, arXiv:1909.11556"
     options_cls: ClassVar[type[MethodOptions]] = LayerDropOptions
     defaults: ClassVar[dict[str, Any]] = {"schedule": "oneshot", "start_fraction": 1.0}
     structured = True

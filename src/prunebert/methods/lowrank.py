@@ -23,6 +23,7 @@ fraction of the targets' dense weights the slimmed model will hold.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -38,6 +39,8 @@ __all__ = ["LowRankPruning"]
 @register_method("lowrank")
 class LowRankPruning(PruningMethod):
     """Rank-1 components of every target weight, smallest first, after an SVD factorisation."""
+
+    paper: ClassVar[str] = "Wang, Wohlwend & Lei 2019, arXiv:1910.04732"
 
     def __init__(self, options: MethodOptions, seed: int = 0) -> None:
         super().__init__(options, seed)

@@ -43,18 +43,17 @@ allocation); otherwise the gates held near t may close a slightly different coun
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from functools import partial
 from typing import Any, ClassVar
 
 import torch
+from pydantic import Field
 from torch import nn
 
-from prunebert.methods.base import MethodOptions, PruneSettings
+from prunebert.methods.base import Count, MethodOptions, Number, PruneSettings
 from prunebert.methods.gates import (
     GatedMethod,
     LearnedGateOptions,
-    check_number,
     hard_concrete,
     open_probability,
 )
@@ -126,20 +125,13 @@ def target_at(sparsity: float, step: int, warmup_steps: int) -> float:
 
 
 # -- the method ------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
 class LowRankL0Options(LearnedGateOptions):
-    """lr_gates: Adam step size on log_alpha (default 0.05); init: its start (3.0: all open); lr_lambda:
-    ascent step on the lambdas; warmup_steps: optimizer steps over which t rises from 0 (0: none)."""
+    """The learned gates' options plus the augmented Lagrangian's."""
 
-    lr_lambda: float = 1.0
-    warmup_steps: int = 0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        object.__setattr__(self, "lr_lambda", check_number("lr_lambda", self.lr_lambda, 0.0, strict=True))
-        steps = self.warmup_steps
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-            raise ValueError(f"warmup_steps must be a whole number of optimizer steps >= 0, got {steps!r}")
+    lr_lambda: Number = Field(1.0, gt=0.0, description="ascent step size on the lambdas")
+    warmup_steps: Count = Field(
+        0, ge=0, description="optimizer steps over which the target t rises from 0 (0: none)"
+    )
 
 
 @register_method("lowrank_l0")
@@ -147,6 +139,7 @@ class LowRankL0Pruning(GatedMethod, LowRankPruning):
     """Rank-1 components gated by Hard Concrete gates, their expected sparsity held at the target by an
     augmented Lagrangian; the least open components are cut (Wang, Wohlwend & Lei 2019)."""
 
+    paper: ClassVar[str] = "Wang, Wohlwend & Lei 2019 (FLOP), arXiv:1910.04732"
     options_cls: ClassVar[type[MethodOptions]] = LowRankL0Options
     defaults: ClassVar[dict[str, Any]] = {"schedule": "oneshot", "start_fraction": 0.7, "scope": "global"}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import ClassVar
 
 import torch
 
@@ -20,6 +21,11 @@ def magnitude_scores(weight: torch.Tensor) -> torch.Tensor:
 @register_method("magnitude")
 class MagnitudePruning(PruningMethod):
     """Rank weights by absolute value; with a gradual schedule this is Gordon et al.'s GMP."""
+
+    paper: ClassVar[str] = (
+        "Han et al. 2015, arXiv:1506.02626; Zhu & Gupta 2017, arXiv:1710.01878; Gordon et al. 2020, "
+        "arXiv:2002.08307"
+    )
 
     def scores(self, weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """|w| for every target."""

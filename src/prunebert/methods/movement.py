@@ -30,15 +30,14 @@ both see it.
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
+from pydantic import Field
 
-from prunebert.methods.base import MethodOptions, PruneSettings, PruningMethod
+from prunebert.methods.base import MethodOptions, Number, PruneSettings, PruningMethod
 from prunebert.methods.movement_math import (
     adam_score_step,
     ramped,
@@ -94,48 +93,38 @@ def exchange_shadow(
     return restored, shadow
 
 
-def _number(name: str, value: object, low: float | None = None, strict: bool = False) -> float:
-    """`value` as a finite float (at least / above `low`), or a ValueError naming the option."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if low is not None and (value <= low if strict else value < low):
-        raise ValueError(f"{name} must be {'>' if strict else '>='} {low}, got {value!r}")
-    return float(value)
-
-
-@dataclass(frozen=True)
 class MovementOptions(MethodOptions):
-    """score_optimizer: `adam` (the authors' own optimizer for the scores) or `sgd` (S -= lr_scores * W *
-    dL/dW'); lr_scores: the scores' step size (> 0; default 1e-2 with adam, 1.0 with sgd; top-k masks do
-    not depend on it)."""
+    """How the movement scores learn."""
 
-    score_optimizer: str = "adam"
-    lr_scores: float | None = None
+    score_optimizer: Literal["adam", "sgd"] = Field(
+        "adam",
+        description="`adam` (the authors' own optimizer for the scores) or `sgd` "
+        "(S -= lr_scores * W * dL/dW')",
+    )
+    lr_scores: Number | None = Field(
+        None,
+        gt=0.0,
+        description="the scores' step size (None: 1e-2 with adam, 1.0 with sgd; soft movement with adam: the "
+        "larger of 1e-2 and SOFT_REACH * |logit(threshold)| / (steps before the final mask)); top-k masks "
+        "do not depend on it",
+    )
 
-    def __post_init__(self) -> None:
-        if self.score_optimizer not in _DEFAULT_LR:
-            raise ValueError(f"score_optimizer must be adam or sgd, got {self.score_optimizer!r}")
-        if self.lr_scores is not None:
-            object.__setattr__(self, "lr_scores", _number("lr_scores", self.lr_scores, 0.0, strict=True))
 
-
-@dataclass(frozen=True)
 class SoftMovementOptions(MovementOptions):
-    """threshold: final tau of the masks sigmoid(S) > tau (0 < tau < 1, the authors' 0.1); lam: final
-    weight of the regulariser lam * mean over matrices of mean(sigmoid(S)), in loss units (>= 0); both
-    ramp from 0 on the pruning schedule. With adam, lr_scores defaults to the larger of 1e-2 and
-    SOFT_REACH * |logit(threshold)| / (steps before the final mask)."""
+    """Movement's options plus the threshold and regulariser; both ramp from 0 on the pruning schedule."""
 
-    threshold: float = 0.1
-    lam: float = 100.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        object.__setattr__(self, "lam", _number("lam", self.lam, 0.0))
-        tau = _number("threshold", self.threshold, 0.0, strict=True)
-        if tau >= 1.0:
-            raise ValueError(f"threshold must be < 1 (it bounds sigmoid(S)), got {tau!r}")
-        object.__setattr__(self, "threshold", tau)
+    threshold: Number = Field(
+        0.1,
+        gt=0.0,
+        lt=1.0,
+        description="final tau of the masks sigmoid(S) > tau (it bounds sigmoid(S); the authors' 0.1)",
+    )
+    lam: Number = Field(
+        100.0,
+        ge=0.0,
+        description="final weight of the regulariser lam * mean over matrices of mean(sigmoid(S)), in loss "
+        "units",
+    )
 
 
 @register_method("movement")
@@ -152,6 +141,7 @@ class MovementPruning(PruningMethod):
     schedule; here lr_scores is constant (a top-k ranking does not depend on it).
     """
 
+    paper: ClassVar[str] = "Sanh, Wolf & Rush 2020, arXiv:2005.07683"
     options_cls = MovementOptions
     monotone = False
     needs_pruned_gradients = True

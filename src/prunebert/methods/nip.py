@@ -23,6 +23,7 @@ class IterativeMagnitudePruning(PruningMethod):
     damage is largest, gets the longest recovery (36%).
     """
 
+    paper: ClassVar[str] = "Han et al. 2015, arXiv:1506.02626; as NIP in Guo et al. 2019, arXiv:1909.12486"
     defaults: ClassVar[dict[str, Any]] = {"schedule": "iterative", "iterations": 5, "end_fraction": 0.8}
 
     def scores(self, weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

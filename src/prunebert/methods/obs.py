@@ -32,17 +32,16 @@ OBS update. Memory grows as 4 * B bytes per target weight, the Fisher work as B 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+from pydantic import Field, StrictBool
 from torch import nn
 
 from prunebert.distributed import world_size
 from prunebert.errors import PrunebertError
-from prunebert.methods.base import GradientRequest, MethodOptions, PruningMethod
+from prunebert.methods.base import Count, GradientRequest, MethodOptions, Number, PruningMethod
 from prunebert.methods.registry import register_method
 
 __all__ = [
@@ -131,38 +130,34 @@ def obs_update(w_blocks: torch.Tensor, finv: torch.Tensor, prune: torch.Tensor) 
 
 
 # -- options and the stateful method --------------------------------------------------------------------
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
-@dataclass(frozen=True)
 class ObsOptions(MethodOptions):
-    """block_size: weights per Fisher block (B; memory 4*B bytes per target weight; a matrix whose size is
-    not a multiple is zero-padded in its last block). num_grads: mini-batch gradients per mask update (m;
-    64 keeps m above B = 50, so every block's Fisher can be full rank, and costs ~3 min per update for
-    minilm-l6 on one CPU thread, measured; the paper's 1024 would cost ~30 min per update). damp: lambda
-    added to the Fisher's diagonal (absolute, as the reference's 1e-7 for BERT-base; tune it in one-shot
-    runs: too large ranks as magnitude, too small is unstable). grad_batch_size: examples per sampled
-    gradient (the reference's 8; ignored for calibration batches given pre-batched). update_weights: apply
-    the OBS update to the survivors (false: rank by OBS saliency, then only zero the pruned weights)."""
+    """The Fisher's blocks and samples, its dampening, and whether survivors get the OBS update."""
 
-    block_size: int = 50
-    num_grads: int = 64
-    damp: float = 1e-7
-    grad_batch_size: int = 8
-    update_weights: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("block_size", "num_grads", "grad_batch_size"):
-            _positive_int(name, getattr(self, name))
-        damp = self.damp
-        if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not damp > 0 or math.isinf(damp):
-            raise ValueError(f"damp must be a finite number > 0, got {damp!r}")
-        object.__setattr__(self, "damp", float(damp))
-        if not isinstance(self.update_weights, bool):
-            raise ValueError(f"update_weights must be true or false, got {self.update_weights!r}")
+    block_size: Count = Field(
+        50,
+        ge=1,
+        description="weights per Fisher block (B; memory 4*B bytes per target weight; a matrix whose size is "
+        "not a multiple is zero-padded in its last block)",
+    )
+    #: 64 keeps m above B = 50, so every block's Fisher can be full rank, and costs ~3 min per update for
+    #: minilm-l6 on one CPU thread, measured; the paper's 1024 would cost ~30 min per update
+    num_grads: Count = Field(
+        64, ge=1, description="mini-batch gradients per mask update (m; 64 > B keeps the Fisher full rank)"
+    )
+    #: absolute, as the reference's 1e-7 for BERT-base; tune it in one-shot runs: too large ranks as
+    #: magnitude, too small is unstable
+    damp: Number = Field(1e-7, gt=0.0, description="lambda added to the Fisher's diagonal (absolute)")
+    grad_batch_size: Count = Field(
+        8,
+        ge=1,
+        description="examples per sampled gradient (the reference's 8; ignored for calibration batches "
+        "given pre-batched)",
+    )
+    update_weights: StrictBool = Field(
+        True,
+        description="apply the OBS update to the survivors (false: rank by OBS saliency, then only zero the "
+        "pruned weights)",
+    )
 
 
 @register_method("obs")
@@ -177,6 +172,7 @@ class ObsPruning(PruningMethod):
     and the same update.
     """
 
+    paper: ClassVar[str] = "Kurtic et al. 2022 (oBERT), arXiv:2203.07259"
     options_cls = ObsOptions
     #: oBERT prunes with one global ranking (its recipes' global_sparsity: True)
     defaults: ClassVar[dict[str, Any]] = {"scope": "global"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Mapping
+from typing import ClassVar
 
 import torch
 
@@ -22,6 +23,8 @@ def random_scores(shape: torch.Size, seed: int, name: str) -> torch.Tensor:
 @register_method("random")
 class RandomPruning(PruningMethod):
     """Prune uniformly at random; the same seed gives the same masks on every rank and every run."""
+
+    paper: ClassVar[str] = "the control of Gordon, Duh & Andrews 2020, arXiv:2002.08307"
 
     def scores(self, weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Seeded uniform scores, on each weight's device."""

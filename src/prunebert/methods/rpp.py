@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+from pydantic import Field
 
-from prunebert.methods.base import MethodOptions, PruneSettings, PruningMethod
+from prunebert.methods.base import Count, MethodOptions, Number, PruneSettings, PruningMethod
 from prunebert.methods.magnitude import magnitude_scores
 from prunebert.methods.registry import register_method
 from prunebert.schedules import Schedule, final_step
@@ -67,42 +66,30 @@ def magnitude_cutoffs(weights: Mapping[str, torch.Tensor], sparsity: float, scop
     return {name: kth(w.detach()) for name, w in weights.items()}
 
 
-def _positive(name: str, value: object) -> float:
-    """`value` as a finite float > 0; YAML reads `1e-3` (no dot) as a string, so strings are parsed."""
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        number = math.nan
-    if isinstance(value, bool) or not (number > 0 and math.isfinite(number)):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return number
-
-
-@dataclass(frozen=True)
 class RPPOptions(MethodOptions):
     """Penalty strength `lam`, reweighting offset `eps` and steps between reweightings."""
 
-    #: lambda; the per-step threshold is lr * lam * gamma. As d|w|/dt = -lr * lam / (|w| + eps), weights
-    #: whose gradient is noise reach zero below |w| ~ sqrt(2 * lam * sum(lr)): 0.01 at lr 5e-5 zeroes
-    #: ~20-35% of BERT-like weights (|w| ~ 0.02-0.04) in 100 steps, ~35-65% in 400. None (default):
-    #: derived from the target, so the proximal phase itself reaches it: the threshold of every step is
-    #: delta * gamma, delta ~ ((w_cut + eps)^2 - eps^2) / (2 T) (`penalty_per_step`; lam_t = delta / lr_t),
-    #: w_cut the |w| below which `sparsity` of the weights lie at the first step, T the steps before the
-    #: hard prune; weights the task pushes back survive, and the hard prune takes the rest.
-    lam: float | None = None
-    #: keeps gamma finite at w = 0 (Candès et al. 2008's reweighted L1); with lam > eps a zero weight
-    #: stays zero in the proximal phase (if lr << eps, AdamW moves it by ~lr < the threshold lr * lam / eps)
-    eps: float = 1e-3
-    #: optimizer steps between gamma refreshes (1 = every step)
-    reweight_every: int = 1
-
-    def __post_init__(self) -> None:
-        if self.lam is not None:
-            object.__setattr__(self, "lam", _positive("lam", self.lam))
-        object.__setattr__(self, "eps", _positive("eps", self.eps))
-        every = self.reweight_every
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"reweight_every must be an integer >= 1, got {every!r}")
+    #: the per-step threshold is lr * lam * gamma. As d|w|/dt = -lr * lam / (|w| + eps), weights whose
+    #: gradient is noise reach zero below |w| ~ sqrt(2 * lam * sum(lr)): 0.01 at lr 5e-5 zeroes ~20-35% of
+    #: BERT-like weights (|w| ~ 0.02-0.04) in 100 steps, ~35-65% in 400. None: derived from the target, so
+    #: the proximal phase itself reaches it: the threshold of every step is delta * gamma, delta ~
+    #: ((w_cut + eps)^2 - eps^2) / (2 T) (`penalty_per_step`; lam_t = delta / lr_t), w_cut the |w| below
+    #: which `sparsity` of the weights lie at the first step, T the steps before the hard prune; weights the
+    #: task pushes back survive, and the hard prune takes the rest.
+    lam: Number | None = Field(
+        None,
+        gt=0.0,
+        description="lambda, the reweighted-L1 penalty (None: derived from the target sparsity so the "
+        "proximal phase alone about reaches it; see `penalty_per_step`)",
+    )
+    #: with lam > eps a zero weight stays zero in the proximal phase (if lr << eps, AdamW moves it by ~lr <
+    #: the threshold lr * lam / eps)
+    eps: Number = Field(
+        1e-3, gt=0.0, description="keeps gamma = 1 / (|w| + eps) finite at w = 0 (Candes et al. 2008)"
+    )
+    reweight_every: Count = Field(
+        1, ge=1, description="optimizer steps between gamma refreshes (1 = every step)"
+    )
 
 
 @register_method("rpp")
@@ -123,6 +110,7 @@ class ReweightedProximalPruning(PruningMethod):
     (a fixed lam of 0.01 zeroed ~35% before a hard jump to 90% in the methods grid).
     """
 
+    paper: ClassVar[str] = "Guo et al. 2019, arXiv:1909.12486"
     options_cls: ClassVar[type[MethodOptions]] = RPPOptions
     defaults: ClassVar[dict[str, Any]] = {"schedule": "oneshot", "start_fraction": 0.7}
 

@@ -23,10 +23,10 @@ procedure), so the default schedule is `iterative`, starting after 20% of traini
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
+from pydantic import Field, StrictBool
 from torch import nn
 
 from prunebert.errors import PrunebertError
@@ -55,7 +55,8 @@ __all__ = [
     "normalize_per_layer",
 ]
 
-CRITERIA = ("taylor", "magnitude")
+Criterion = Literal["taylor", "magnitude"]
+CRITERIA: tuple[str, ...] = get_args(Criterion)
 
 
 def normalize_per_layer(importance: torch.Tensor) -> torch.Tensor:
@@ -71,18 +72,17 @@ def choose_groups(scores: Mapping[str, torch.Tensor], sparsity: float, scope: st
     return chooser(scores, sparsity)
 
 
-@dataclass(frozen=True)
 class StructuredOptions(MethodOptions):
-    """criterion: `taylor` (gate gradient, default) or `magnitude`; normalize: per-layer L2 before ranking."""
+    """How a group's importance is measured and compared across layers."""
 
-    criterion: str = "taylor"
-    normalize: bool = True
-
-    def __post_init__(self) -> None:
-        if self.criterion not in CRITERIA:
-            raise ValueError(f"criterion must be one of {', '.join(CRITERIA)}, got {self.criterion!r}")
-        if not isinstance(self.normalize, bool):
-            raise ValueError(f"normalize must be true or false, got {self.normalize!r}")
+    criterion: Criterion = Field(
+        "taylor",
+        description="`taylor`: |gate gradient| summed over optimizer steps; `magnitude`: L2 norm of the "
+        "output columns (no gradients needed)",
+    )
+    normalize: StrictBool = Field(
+        True, description="divide each layer's importances by their L2 norm before ranking"
+    )
 
 
 class GroupPruning(PruningMethod):
@@ -160,6 +160,7 @@ class GroupPruning(PruningMethod):
 class StructuredPruning(GroupPruning):
     """Whole heads (attention targets) and FFN neurons (FFN targets) by gate-gradient importance."""
 
+    paper: ClassVar[str] = "Michel, Levy & Neubig 2019, arXiv:1905.10650"
     options_cls: ClassVar[type[MethodOptions]] = StructuredOptions
     defaults: ClassVar[dict[str, Any]] = {
         "schedule": "iterative",
