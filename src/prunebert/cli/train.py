@@ -1,4 +1,4 @@
-"""The training commands of `prunebert`: pretrain | finetune | evaluate | info | methods | recipes | demo | slim."""
+"""The training commands: pretrain | finetune | evaluate | info | methods | recipes | demo | slim."""
 
 from __future__ import annotations
 
@@ -63,13 +63,18 @@ def _info(args: argparse.Namespace) -> None:
 
 
 def _add_methods(sub: Any) -> None:
-    sub.add_parser("methods", help="list the registered pruning methods")
+    methods = sub.add_parser(
+        "methods", help="the pruning methods: paper, what, and every option with its default and help"
+    )
+    methods.add_argument("names", nargs="*", metavar="NAME", help="only these methods (default: all)")
+    methods.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
 def _methods(args: argparse.Namespace) -> None:
-    from prunebert.methods import available_methods
+    from prunebert.methods.catalog import describe_methods, format_methods
 
-    print("\n".join(available_methods()))
+    cards = describe_methods(args.names)
+    print(json.dumps(cards, indent=2) if args.json else format_methods(cards))
 
 
 def _add_recipes(sub: Any) -> None:
