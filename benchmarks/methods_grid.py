@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from prunebert.methods.registry import method_options
 from prunebert.stages.finetune import FinetuneConfig
 from prunebert.stages.runner import run_or_reuse
 from results_table import (  # benchmarks/results_table.py: the script's folder is on sys.path
@@ -58,10 +59,13 @@ def base_recipe(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cell_recipe(args: argparse.Namespace, method: str, sparsity: float, teacher: Path) -> dict[str, Any]:
-    """Recipe of one pruned cell."""
+    """Recipe of one pruned cell, its method's options written out with every default: a cell recorded
+    before a default changed differs from today's recipe, so it is re-run rather than reused."""
     spec = METHODS[method]
     recipe = base_recipe(args)
-    recipe["pruning"] = {**spec["pruning"], "sparsity": sparsity}
+    pruning = spec["pruning"]
+    options = method_options(pruning["method"], pruning.get("options")).model_dump(mode="json")
+    recipe["pruning"] = {**pruning, "sparsity": sparsity, "options": options}
     if spec.get("kd"):
         recipe["distill"] = {"teacher": str(teacher)}
     recipe["output_dir"] = str(args.runs / f"{method}-{round(sparsity * 100)}")

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -28,9 +29,9 @@ def _grid_args(output: Path, methods: list[str], sparsities: list[float]) -> arg
     )  # fmt: skip
 
 
-def _row(method: str, sparsity: float, grid: ModuleType | None = None) -> dict[str, object]:
+def _row(method: str, sparsity: float, grid: ModuleType | None = None) -> dict[str, Any]:
     """A finished cell as the grid records it (with its resolved pruning settings when `grid` is given)."""
-    row: dict[str, object] = {"method": method, "sparsity": sparsity, "test_accuracy": 0.5}
+    row: dict[str, Any] = {"method": method, "sparsity": sparsity, "test_accuracy": 0.5}
     if grid is not None:
         args = _grid_args(Path("unused.json"), [], [])
         row["pruning"] = grid.cell_pruning(args, method, sparsity)
@@ -84,3 +85,24 @@ def test_methods_grid_reruns_a_cell_whose_method_defaults_changed(
     rows = [_row("dense", 0.0, grid), _row("magnitude", 0.9, grid), stale, _row("nip", 0.5)]  # nip: no record
     grid.write_table(args, rows, {}, 0.0)
     assert set(grid.committed_rows(args)) == {("dense", 0.0), ("magnitude", 0.9)}
+
+
+def test_methods_grid_records_resolved_options_and_reruns_cells_recorded_without_them(
+    scripts: tuple[ModuleType, ModuleType], tmp_path: Path
+) -> None:
+    grid, _ = scripts
+    args = _grid_args(tmp_path / "grid.json", list(grid.METHODS), list(grid.SPARSITIES))
+    assert grid.cell_pruning(args, "rpp", 0.9)["options"] == {"lam": None, "eps": 1e-3, "reweight_every": 1}
+    movement = {"score_optimizer": "adam", "lr_scores": None}
+    assert grid.cell_pruning(args, "movement+kd", 0.9)["options"] == movement
+    assert grid.cell_pruning(args, "magnitude", 0.9)["options"] == {}  # no options: old records still match
+
+    def recorded(method: str, **options: object) -> dict[str, Any]:
+        row = _row(method, 0.9, grid)
+        return {**row, "pruning": {**row["pruning"], "options": options}}
+
+    old_rpp = recorded("rpp", lam=0.01, eps=1e-3, reweight_every=1)  # rpp's default lam before it was derived
+    rows = [_row("dense", 0.0, grid), recorded("magnitude"), recorded("movement"), old_rpp]
+    rows.append(_row("rpp", 0.5, grid))  # recorded with today's resolved options
+    grid.write_table(args, rows, {}, 0.0)
+    assert set(grid.committed_rows(args)) == {("dense", 0.0), ("magnitude", 0.9), ("rpp", 0.5)}

@@ -6,9 +6,9 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from prunebert.errors import PrunebertError
-from prunebert.methods.base import PruningMethod, parse_options
+from prunebert.methods.base import MethodOptions, PruningMethod, parse_options
 
-__all__ = ["available_methods", "create_method", "register_method"]
+__all__ = ["available_methods", "create_method", "method_class", "method_options", "register_method"]
 
 _REGISTRY: dict[str, type[PruningMethod]] = {}
 M = TypeVar("M", bound=type[PruningMethod])
@@ -41,7 +41,11 @@ def method_class(name: str) -> type[PruningMethod]:
     return _REGISTRY[name]
 
 
+def method_options(name: str, options: Mapping[str, Any] | None = None) -> MethodOptions:
+    """Method `name`'s options model from a recipe's `options` mapping (every default filled in)."""
+    return parse_options(method_class(name).options_cls, name, options or {})
+
+
 def create_method(name: str, options: Mapping[str, Any] | None = None, seed: int = 0) -> PruningMethod:
     """Instantiate method `name` with validated options."""
-    cls = method_class(name)
-    return cls(parse_options(cls.options_cls, name, options or {}), seed=seed)
+    return method_class(name)(method_options(name, options), seed=seed)
