@@ -262,6 +262,7 @@ def test_finetune_prunes_while_distilling_from_an_auto_teacher(workspace: Path) 
     assert result["sparsity"]["overall"] == pytest.approx(0.5, abs=1e-3)
     assert teacher["sparsity"]["overall"] == 0.0 and teacher["recipe"]["distill"] is None
     assert teacher["train"]["steps"] == result["train"]["steps"] == 4
+    assert result["train"]["precision"] == "fp32"  # the precision the run trained in, `auto` resolved
     assert any("loss_soft" in log and "sparsity" in log for log in result["train"]["log_history"])
 
     stamp = (out / "teacher" / "results.json").stat().st_mtime_ns  # a finished teacher is reused...

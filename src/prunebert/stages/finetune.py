@@ -31,6 +31,7 @@ from prunebert.stages.common import (
     check_schedule,
     mean_loss_per_batch,
     pruning_callbacks,
+    resolve_precision,
     sparsity_report,
     tracked,
     training_arguments,
@@ -231,6 +232,7 @@ def run_finetune(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]
         "train": {
             "steps": trainer.state.global_step,
             "runtime_s": runtime,
+            "precision": resolve_precision(cfg.train.precision),
             "train_loss": output.training_loss,
             "log_history": trainer.state.log_history,
         },

@@ -38,6 +38,7 @@ from prunebert.stages.common import (
     check_schedule,
     mean_loss_per_batch,
     pruning_callbacks,
+    resolve_precision,
     sparsity_report,
     tracked,
     training_arguments,
@@ -222,6 +223,7 @@ def run_pretrain(cfg: PretrainConfig, overwrite: bool = False) -> dict[str, Any]
         "train": {
             "steps": trainer.state.global_step,
             "runtime_s": runtime,
+            "precision": resolve_precision(cfg.train.precision),
             "examples": len(train_set),
             "log_history": trainer.state.log_history,
         },
