@@ -77,19 +77,51 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type[BaseModel], pr
         if sub is not None:
             add_config_options(parser, sub, f"{prefix}{name}.")
             continue
+        choices = _choices(field.annotation)
         parser.add_argument(
             f"--{prefix}{name}",
             dest=f"{_PREFIX}{prefix}{name}",
             default=argparse.SUPPRESS,
-            metavar="VALUE",
-            help=f"{field.description or ''} ({_default_text(field)})",
+            metavar="{" + ",".join(choices) + "}" if choices else "VALUE",
+            choices=_Suggested(choices) if choices else None,
+            help=f"{field.description or ''} ({_default_text(field)})".replace("%", "%%"),
         )
+
+
+class _Suggested(tuple[str, ...]):
+    """Choices shown by `--help` and offered by shell completion; the recipe's model, not argparse, checks
+    the value (so `[tensorboard, wandb]` passes here and a bad value gets the usual one-line error)."""
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+def _choices(annotation: Any) -> list[str]:
+    """The values a `Literal[...]` field takes (also inside `X | None` and `list[...]`), as typed."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return [_readable(v) for v in typing.get_args(annotation)]
+    if _is_union(annotation) or typing.get_origin(annotation) is list:
+        return [c for arg in typing.get_args(annotation) for c in _choices(arg)]
+    return []
+
+
+def _readable(value: Any) -> str:
+    """A value as it is typed on the command line or in a recipe: `runs/x`, `0.5`, `[query, key]`, `null`."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return repr(value)
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("\n...").strip()
 
 
 def _default_text(field: FieldInfo) -> str:
     if field.is_required():
         return "required"
-    return f"default: {field.get_default(call_default_factory=True)!r}"
+    return f"default: {_readable(field.get_default(call_default_factory=True))}"
 
 
 def load_recipe(path: Path) -> dict[str, Any]:

@@ -51,11 +51,32 @@ def _commands() -> dict[str, Command]:
 
 
 def _build_parser(commands: dict[str, Command] | None = None) -> argparse.ArgumentParser:
+    from prunebert import __version__
+
     parser = _Parser(prog="prunebert", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"prunebert {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add_parser, _ in (commands or _commands()).values():
         add_parser(sub)
+    completion = sub.add_parser(
+        "completion",
+        help="print a shell completion script",
+        description="Print a completion script for every command and option. bash: "
+        "`prunebert completion bash > ~/.local/share/bash-completion/completions/prunebert`; zsh: "
+        "`prunebert completion zsh > ~/.zfunc/_prunebert` with ~/.zfunc in $fpath before compinit",
+    )
+    completion.add_argument("shell", choices=SHELLS, help="the shell the script is for")
     return parser
+
+
+SHELLS = ("bash", "zsh", "tcsh")
+
+
+def _completion(parser: argparse.ArgumentParser, shell: str) -> None:
+    """Print `shell`'s completion script for `parser` (shtab reads the argparse tree)."""
+    import shtab
+
+    print(shtab.complete(parser, shell=shell))
 
 
 _NEGATIVE = re.compile(r"-(\d+\.?\d*|\.\d+)(e[-+]?\d+)?|-inf(inity)?|-\.inf", re.IGNORECASE)
@@ -82,7 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(2, f"prunebert: error: unrecognized arguments: {' '.join(unknown)}; {fix}\n")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        commands[args.command][1](args)
+        if args.command == "completion":
+            _completion(parser, args.shell)
+        else:
+            commands[args.command][1](args)
     except PrunebertError as exc:
         print(f"prunebert: error: {exc}", file=sys.stderr)
         return 2

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 from typing import Any
 
 from prunebert.cli.train import Command
@@ -31,7 +33,8 @@ def _add_shrink(sub: Any) -> None:
 def _shrink(args: argparse.Namespace) -> None:
     from prunebert.shrink.job import format_report, run_shrink
 
-    report = run_shrink(args.model, config_from_args(ShrinkConfig, args), overwrite=args.overwrite)
+    with contextlib.redirect_stdout(sys.stderr):  # progress and Trainer log lines; stdout: the report alone
+        report = run_shrink(args.model, config_from_args(ShrinkConfig, args), overwrite=args.overwrite)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
 
 

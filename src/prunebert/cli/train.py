@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,15 +40,18 @@ def _stage_parser(
 
 
 def _run_stage(args: argparse.Namespace) -> None:
-    if args.command == "evaluate":
-        results = run_evaluate(config_from_args(EvaluateConfig, args))
-    else:
-        table: dict[str, tuple[type[Any], Callable[..., dict[str, Any]]]] = {
-            "pretrain": (PretrainConfig, run_pretrain),
-            "finetune": (FinetuneConfig, run_finetune),
-        }
-        cls, runner = table[args.command]
-        results = runner(config_from_args(cls, args), overwrite=args.overwrite)
+    # stdout carries the JSON summary alone: what the Trainer prints (its log lines, written with tqdm.write
+    # or print) goes to stderr with the progress bars and warnings
+    with contextlib.redirect_stdout(sys.stderr):
+        if args.command == "evaluate":
+            results = run_evaluate(config_from_args(EvaluateConfig, args))
+        else:
+            table: dict[str, tuple[type[Any], Callable[..., dict[str, Any]]]] = {
+                "pretrain": (PretrainConfig, run_pretrain),
+                "finetune": (FinetuneConfig, run_finetune),
+            }
+            cls, runner = table[args.command]
+            results = runner(config_from_args(cls, args), overwrite=args.overwrite)
     if is_main_process():  # one summary, not one per process
         print(json.dumps({"stage": results["stage"], "metrics": results["metrics"]}, indent=2))
 
