@@ -53,7 +53,7 @@ CELLS: tuple[tuple[str, float, int], ...] = (
     ("obs", 0.95, 0),
 )
 ARMS = tuple(dict.fromkeys(arm for arm, _, _ in CELLS))
-DENSE_TRAIN = {"epochs": 3.0, "learning_rate": 5e-5, "batch_size": 32}
+DENSE_TRAIN = {"epochs": 3.0, "learning_rate": 5e-5, "batch_size": 32, "precision": "auto"}
 
 
 def recipe_for(arm: str, sparsity: float, seed: int, task: str, runs: Path) -> dict[str, Any]:
