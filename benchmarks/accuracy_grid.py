@@ -139,7 +139,7 @@ def markdown_table(path: Path) -> str:
 
 
 def main() -> None:
-    """Run the cells asked for, task by task, in CELLS order."""
+    """Run the cells asked for in CELLS order, each on every task."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -158,8 +158,8 @@ def main() -> None:
     started, known = time.time(), committed(args.output, args.runs)
     rows = dict(known)
     every = [(t, *c) for t in TASKS for c in CELLS]
-    for task in args.tasks:
-        for arm, sparsity, seed in CELLS:
+    for arm, sparsity, seed in CELLS:  # cell by cell across the tasks: both tasks' key cells come first
+        for task in args.tasks:
             key = (task, arm, sparsity, seed)
             if arm not in args.arms or key in known:
                 continue
