@@ -34,7 +34,6 @@ from prunebert import PruningConfig
 from prunebert.methods import obs
 from prunebert.pruner import Pruner
 from prunebert.sampling import GradientSampler
-from prunebert.schedules import OneShot
 from scale_memory import peak_mib, reset_peak, rss_mib  # benchmarks/ is on sys.path
 from shapes import ENCODER_SHAPES
 
@@ -66,10 +65,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_config(config)
     options = {"num_grads": args.num_grads, "block_size": args.block_size, "grad_batch_size": args.batch_size}
-    pruner = Pruner(model, PruningConfig(method="obs", sparsity=args.sparsity, options=options))
+    pruning = PruningConfig(method="obs", sparsity=args.sparsity, schedule="oneshot", options=options)
+    pruner = Pruner(model, pruning)
     sampler = GradientSampler.from_batches(batches(min(args.num_grads, 16), args.batch_size, args.seq_len))
     pruner.gradient_sampler = sampler
-    pruner.schedule = OneShot(args.sparsity)
+    pruner.start(1)  # the one-shot schedule: prune to the target at step 0
 
     start = time.perf_counter()
     for _ in sampler.backwards(model, args.num_grads, None, seed=0):

@@ -35,7 +35,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("methods",),  # one file per method, found by name
     ("config",),  # the pruning section; reads the method registry for defaults and options
     # the engine's assembly; "" = `prunebert/__init__`
-    ("pruner", "callback", "models", "info", "sentence_modules", "model_card", ""),
+    ("pruner", "callback", "models", "info", "sentence_modules", "model_card", "api", ""),
     ("data",),
     ("stages",),
     ("deploy",),

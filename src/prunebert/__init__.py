@@ -1,5 +1,6 @@
 """prunebert: prune BERT-family encoders in pre-training and fine-tuning, and make them smaller for real."""
 
+from prunebert.api import prune, prune_while_training
 from prunebert.callback import PruningCallback, log_pruning_first
 from prunebert.config import PruningConfig
 from prunebert.errors import PrunebertError
@@ -13,6 +14,8 @@ __all__ = [
     "PruningConfig",
     "available_methods",
     "log_pruning_first",
+    "prune",
+    "prune_while_training",
     "register_method",
 ]
 __version__ = "0.1.0"

@@ -62,6 +62,11 @@ class Pruner:
     """Chooses, applies and enforces masks on a model's target weights."""
 
     def __init__(self, model: nn.Module, config: PruningConfig) -> None:
+        if not isinstance(model, nn.Module) or not isinstance(config, PruningConfig):
+            raise PrunebertError(
+                f"Pruner(model, config) takes a torch module and a PruningConfig, not {type(model).__name__} "
+                f"and {type(config).__name__}; e.g. Pruner(model, PruningConfig(sparsity=0.9))"
+            )
         self.model = model
         self.config = config
         self.targets: list[Target] = find_targets(
@@ -81,6 +86,7 @@ class Pruner:
         self.history: list[tuple[int, float]] = []
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._gradients_masked = False  # by `after_backward`, for methods that read pruned gradients
+        self._started = False  # `start` built the schedule: `update` means something
         #: where methods that ask for gradient samples (`obs`) get them at each mask update
         self.gradient_sampler: GradientSampler | None = None
 
@@ -100,10 +106,15 @@ class Pruner:
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self, total_steps: int) -> None:
         """Build the schedule for a run of `total_steps` optimizer steps and start masking gradients."""
+        if not isinstance(total_steps, int) or total_steps < 1:
+            raise PrunebertError(
+                f"pruner.start(total_steps) needs a positive number of steps, got {total_steps!r}"
+            )
         self.schedule = (
             Fixed(self.sparsity) if self.config.schedule == "fixed" else schedule_of(self.config, total_steps)
         )
         self.method.on_start(total_steps, self.schedule)
+        self._started = True
         self.attach()
 
     def attach(self) -> None:
@@ -166,6 +177,11 @@ class Pruner:
     @torch.no_grad()
     def update(self, step: int, optimizer: torch.optim.Optimizer | None = None) -> bool:
         """Recompute masks if the schedule's sparsity changed at `step`; True when masks changed."""
+        if not self._started:
+            raise PrunebertError(
+                "pruner.update() before pruner.start(total_steps): there is no schedule, nothing would be "
+                "pruned; call start first (PruningCallback does), or prunebert.prune(model, ...) for one shot"
+            )
         target = self.schedule.sparsity_at(step)
         if isinstance(self.schedule, Fixed) or target == self.sparsity:
             return False
@@ -254,16 +270,18 @@ class Pruner:
         }
 
     # -- persistence -------------------------------------------------------------------------------
-    def save(self, directory: Path, with_method_state: bool = True) -> None:
+    def save(self, directory: str | Path, with_method_state: bool = True) -> None:
         """Write masks (and, for checkpoints, the method's training state) into `directory`, masks last."""
+        directory = Path(directory)
         state = self.method.state_dict()
         if with_method_state and state:
             with atomic_path(directory / METHOD_STATE_FILE) as tmp:
                 save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp))
         save_masks({**self.masks, **self.fixed}, directory / MASKS_FILE, self.metadata())
 
-    def load(self, directory: Path) -> None:
+    def load(self, directory: str | Path) -> None:
         """Restore masks (and method state if present) saved by `save`; shapes must match this model."""
+        directory = Path(directory)
         masks, meta = load_masks(directory / MASKS_FILE)
         self.load_masks(masks, source=str(directory))
         state_path = directory / METHOD_STATE_FILE
@@ -364,7 +382,7 @@ def prune_oneshot(
         pruner.gradient_sampler = calibration
     elif calibration is not None:
         pruner.gradient_sampler = GradientSampler.from_batches(calibration)
-    pruner.schedule = Iterative(config.sparsity, 0, steps, steps)
+    pruner.schedule, pruner._started = Iterative(config.sparsity, 0, steps, steps), True
     for step in range(steps):
         pruner.update(step)
     return pruner
