@@ -32,6 +32,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("sampling", "hardware"),  # gradient samples, machine facts
     ("structure", "masks"),
     ("transforms",),  # model transforms recorded in config.json (methods build them)
+    ("quantization",),  # fake-quantised int8 training (QAT); its ranges travel beside the weights
     ("methods",),  # one file per method, found by name
     ("config",),  # the pruning section; reads the method registry for defaults and options
     # the engine's assembly; "" = `prunebert/__init__`

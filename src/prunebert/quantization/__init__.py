@@ -1,0 +1,1 @@
+"""Quantization-aware training: int8 arithmetic (`maths`) and fake-quantised Linears for training (`qat`)."""

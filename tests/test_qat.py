@@ -1,0 +1,120 @@
+"""Quantization-aware training: the Linear swap is invisible to state dicts and masks; a QAT run keeps
+every pruned weight exactly zero, resumes with its ranges, and saves them beside plain fp32 weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from transformers import Trainer, TrainerCallback
+
+from prunebert import PruningCallback, PruningConfig
+from prunebert.errors import PrunebertError
+from prunebert.pruner import Pruner
+from prunebert.quantization.maths import fake_quantize_weight
+from prunebert.quantization.qat import (
+    QAT_FILE,
+    FakeQuantLinear,
+    QATCallback,
+    QuantizationAware,
+    QuantizationConfig,
+)
+from tiny import PADDED_MASK, StopAt, padded_ids, tiny_classifier, tiny_dataset, tiny_training_args
+
+INT8 = QuantizationConfig(qat="int8", start_fraction=0.5, ema_decay=0.9)
+
+
+def test_swap_keeps_parameters_keys_and_outputs_until_switched_on() -> None:
+    model = tiny_classifier().eval()
+    params = dict(model.named_parameters())
+    keys = list(model.state_dict())
+    before = model(padded_ids(), attention_mask=PADDED_MASK).logits
+    qat = QuantizationAware(model, INT8)
+    assert len(qat.modules) == 2 * 6 + 2  # six Linears per layer, pooler, classifier
+    assert list(model.state_dict()) == keys  # ranges are not state-dict entries: save_pretrained is clean
+    assert all(p is params[n] for n, p in model.named_parameters())
+    assert torch.equal(model(padded_ids(), attention_mask=PADDED_MASK).logits, before)
+    qat.set_active(True)
+    assert torch.equal(model(padded_ids(), attention_mask=PADDED_MASK).logits, before)  # eval, no range yet
+    assert qat.detach() is model and all(type(m) is not FakeQuantLinear for m in model.modules())
+
+
+def test_an_active_linear_computes_with_int8_weights_and_uint8_inputs() -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(8, 4)
+    qat = QuantizationAware(nn.Sequential(linear), INT8)
+    qat.set_active(True)
+    x = torch.randn(5, 8)
+    out = linear(x)  # training mode: the first batch sets the range to its min / max
+    module = qat.modules["0"]
+    assert (module.low.item(), module.high.item()) == (x.min().item(), x.max().item())
+    scale, zero = module.qparams()
+    x_q = (torch.clamp(torch.round(x / scale) + zero, 0, 255) - zero) * scale
+    assert torch.allclose(out, x_q @ fake_quantize_weight(linear.weight).T + linear.bias, atol=1e-6)
+    linear(x * 3)
+    assert module.high.item() == pytest.approx(0.9 * x.max().item() + 0.1 * 3 * x.max().item())
+
+
+def test_state_round_trips_in_memory_and_across_base_prefixes(tmp_path: Path) -> None:
+    model = tiny_classifier()
+    qat = QuantizationAware(model, INT8)
+    qat.set_active(True)
+    model(padded_ids(), attention_mask=PADDED_MASK)
+    qat.save(tmp_path)
+    saved = json.loads((tmp_path / QAT_FILE).read_text())
+    assert (
+        saved["config"]["qat"] == "int8" and "bert.encoder.layer.0.attention.self.query" in saved["linears"]
+    )
+    other = QuantizationAware(tiny_classifier(seed=1), INT8)
+    other.load(tmp_path)
+    assert other.state_dict() == qat.state_dict()
+    encoder = QuantizationAware(tiny_classifier().bert, INT8)  # headless: names lose `bert.`
+    encoder.load_state_dict(
+        {
+            **qat.state_dict(),
+            "linears": {k: v for k, v in qat.state_dict()["linears"].items() if k.startswith("bert.")},
+        }
+    )
+    assert encoder.modules["encoder.layer.1.output.dense"].observed()
+    with pytest.raises(PrunebertError, match="does not have"):
+        encoder.load(tmp_path)  # the classifier's range names a Linear the encoder lacks
+
+
+def _train(out: Path, steps: int, stop_at: int | None = None, resume: str | None = None):
+    model = tiny_classifier()
+    pruner = Pruner(model, PruningConfig(sparsity=0.5, schedule="cubic", end_fraction=0.5, frequency=2))
+    qat = QuantizationAware(model, INT8)
+    callbacks: list[TrainerCallback] = [PruningCallback(pruner), QATCallback(qat)]
+    if stop_at is not None:
+        callbacks.append(StopAt(stop_at))
+    trainer = Trainer(
+        model=model, args=tiny_training_args(out, steps), train_dataset=tiny_dataset(), callbacks=callbacks
+    )
+    trainer.train(resume_from_checkpoint=resume)
+    return model, pruner, qat
+
+
+def test_qat_with_pruning_keeps_masks_and_exact_zeros(tmp_path: Path) -> None:
+    _, pruner, qat = _train(tmp_path, 12)
+    assert qat.active and pruner.overall_sparsity() == pytest.approx(0.5, abs=1e-3)
+    for name, weight in pruner.weights().items():
+        assert torch.equal(weight == 0, ~pruner.masks[name])
+        module = qat.modules[name.removesuffix(".weight")]
+        assert torch.equal(fake_quantize_weight(weight) == 0, weight == 0)  # zeros stay zeros in int8
+        assert module.observed() and module.low <= 0 <= module.high
+    assert (tmp_path / "checkpoint-8" / QAT_FILE).is_file()
+    early = json.loads((tmp_path / "checkpoint-4" / QAT_FILE).read_text())
+    assert early["linears"] == {} and not early["active"]  # QAT starts at step 6
+
+
+def test_resumed_qat_run_ends_with_the_same_ranges_and_weights(tmp_path: Path) -> None:
+    full_model, _, full = _train(tmp_path / "full", 12)
+    _train(tmp_path / "cut", 12, stop_at=8)
+    model, _, resumed = _train(tmp_path / "cut", 12, resume=str(tmp_path / "cut" / "checkpoint-8"))
+    for name, entry in full.state_dict()["linears"].items():
+        assert resumed.state_dict()["linears"][name] == pytest.approx(entry, rel=1e-5), name
+    for (name, a), b in zip(full_model.state_dict().items(), model.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-5), name
