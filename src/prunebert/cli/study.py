@@ -20,8 +20,13 @@ def _add_study(sub: Any) -> None:
 
 
 def _add_report(sub: Any) -> None:
-    report = sub.add_parser("report", help="PNG figures and one HTML page from a study's results")
-    report.add_argument("results_dir", help="the output_dir of a `prunebert study` run")
+    report = sub.add_parser("report", help="PNG/SVG figures and one HTML page from a study's results")
+    report.add_argument(
+        "results_dir",
+        nargs="+",
+        help="the output_dir of a `prunebert study` run; several: the same study run with other seeds "
+        "(curves and summary show mean ± standard deviation; the page goes into the first)",
+    )
     report.add_argument("--output", help="where the PNGs and report.html go (default RESULTS_DIR/report)")
     pick = "per-model figures (sparsity, Q/K patterns, embeddings) show the cell of this"
     report.add_argument("--stage", help=f"{pick} stage (default: pretrain if run)")
@@ -63,8 +68,10 @@ def _report(args: argparse.Namespace) -> None:
         options.words = list(args.words)
     options.neighbours = args.neighbours
     options.bench = Path(args.bench) if args.bench else None
-    out = Path(args.output) if args.output else Path(args.results_dir) / "report"
-    for section in build_report(Path(args.results_dir), out, options):
+    first, *others = (Path(d) for d in args.results_dir)
+    options.seed_dirs = others
+    out = Path(args.output) if args.output else first / "report"
+    for section in build_report(first, out, options):
         where = section.png or (out / "comparison.csv" if section.table else None)
         print(f"{section.name:<24} " + (str(where) if where else f"skipped: {section.note}"))
     print(f"\nreport: {out / PAGE}")

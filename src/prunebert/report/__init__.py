@@ -1,9 +1,11 @@
-"""`prunebert report`: the figures of the seed papers, as PNGs and one HTML page, from a study's results.
+"""`prunebert report`: the figures of the seed papers, as PNGs, SVGs and one HTML page, from a study's
+results; a one-screen summary (`summary`) comes first on the page.
 
 Reads only the study's `results.json` and the mask files and models its rows point to. Each figure
 family is one module (`curves`, `sparsity`, `embeddings`, `overlap`); a figure whose inputs are missing
 is left out with a note on the page, never an error. The comparison table (`table`) is a section without
-a figure, also written as `comparison.csv`.
+a figure, also written as `comparison.csv`. Studies of the same grid run with other seeds
+(`ReportOptions.seed_dirs`) join the curves and the summary as mean ± standard deviation.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 
 from prunebert.errors import PrunebertError
 from prunebert.report.curves import metric_vs_sparsity, mlm_vs_sparsity, train_loss_vs_sparsity
-from prunebert.report.data import ReportOptions, Section, Skip, StudyResults, choose, load_results
+from prunebert.report.data import ReportOptions, Section, Skip, StudyResults, choose, load_seeds
 from prunebert.report.embeddings import embedding_map
 from prunebert.report.html import render_html
 from prunebert.report.overlap import mask_overlap
@@ -54,15 +56,16 @@ FIGURES: list[tuple[str, str, Figure]] = [
 def build_report(
     results_dir: Path, out: Path | None = None, options: ReportOptions | None = None
 ) -> list[Section]:
-    """Write one PNG per figure and `report.html` into `out` (default RESULTS_DIR/report)."""
-    res = load_results(results_dir)
+    """Write one PNG and SVG per figure and `report.html` into `out` (default RESULTS_DIR/report)."""
+    opts = options or ReportOptions()
+    res = load_seeds([results_dir, *opts.seed_dirs])
     out = out or results_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    opts = options or ReportOptions()
     sections = []
     for stem, title, figure in FIGURES:
         png = out / f"{stem}.png"
         png.unlink(missing_ok=True)  # a figure skipped now must not leave an old PNG behind
+        png.with_suffix(".svg").unlink(missing_ok=True)
         try:
             sections.append(figure(res, opts, png))
         except (Skip, PrunebertError, OSError) as exc:

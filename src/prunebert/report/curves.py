@@ -7,36 +7,75 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from matplotlib.axes import Axes
 
 from prunebert.report.data import STAGE_ORDER, Section, Skip, StudyResults
-from prunebert.report.plotting import figure_legend, method_colors, panel_grid, style_axes
+from prunebert.report.plotting import figure_legend, method_colors, panel_grid, save_figure, style_axes
 
-__all__ = ["metric_vs_sparsity", "mlm_vs_sparsity", "train_loss_vs_sparsity"]
+__all__ = ["metric_vs_sparsity", "mlm_vs_sparsity", "seeds_note", "series", "train_loss_vs_sparsity"]
 
 STAGE_STYLE = {"pretrain": ("-", "o"), "finetune": ("--", "s"), "after-finetune": (":", "^")}
 SPARSITY_LABEL = "target sparsity of the encoder matrices (%)"
 
 
-def _series(rows: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
-    points = sorted((r["sparsity"] * 100, float(r[key])) for r in rows if r.get(key) is not None)
-    return [x for x, _ in points], [y for _, y in points]
+def series(rows: list[dict[str, Any]], key: str) -> tuple[list[float], list[float], list[float]]:
+    """Sparsity (%), mean and standard deviation of `key` over the rows (seeds) at each sparsity."""
+    by_x: dict[float, list[float]] = {}
+    for row in rows:
+        if row.get(key) is not None:
+            by_x.setdefault(row["sparsity"] * 100, []).append(float(row[key]))
+    xs = sorted(by_x)
+    return (
+        xs,
+        [float(np.mean(by_x[x])) for x in xs],
+        [float(np.std(by_x[x], ddof=1)) if len(by_x[x]) > 1 else 0.0 for x in xs],
+    )
+
+
+def _line(ax: Axes, rows: list[dict[str, Any]], key: str, **style: Any) -> None:
+    """Mean over seeds, with error bars of one standard deviation where there are several seeds."""
+    x, y, sd = series(rows, key)
+    ax.errorbar(x, y, yerr=sd if any(sd) else None, capsize=3, **style)
+
+
+def _dense_level(ax: Axes, rows: list[dict[str, Any]], key: str, **style: Any) -> None:
+    """A dense baseline as a horizontal line at its mean, shaded by ± one standard deviation over seeds."""
+    _, (mean,), (sd,) = series(rows, key)
+    ax.axhline(mean, **style)
+    if sd:
+        ax.axhspan(mean - sd, mean + sd, color=style.get("color", "0.45"), alpha=0.12, lw=0)
 
 
 def _task_panel(ax: Axes, res: StudyResults, task: str, key: str, colors: dict[str, Any]) -> None:
     """One line per (stage, arm) from its dense point, and each stage's dense level as a grey line."""
-    rows = [r for r in res.cells if r["task"] == task and r.get(key) is not None]
+    rows = [r for r in res.replicated() if r["task"] == task and r.get(key) is not None]
     stages = [s for s in STAGE_ORDER if any(r["stage"] == s for r in rows)]
     for stage in stages:
         style, marker = STAGE_STYLE[stage]
         dense = [r for r in rows if r["stage"] == stage and r["method"] == "dense"]
         if dense:
-            ax.axhline(float(dense[0][key]), color="0.45", ls=style, lw=1.2, label=f"dense ({stage})")
+            _dense_level(ax, dense, key, color="0.45", ls=style, lw=1.2, label=f"dense ({stage})")
         for method in res.methods():
             arm = [r for r in rows if r["stage"] == stage and r["method"] == method]
             if arm:
-                x, y = _series(dense + arm, key)
-                ax.plot(x, y, ls=style, marker=marker, color=colors[method], label=f"{method} ({stage})")
+                _line(
+                    ax,
+                    dense + arm,
+                    key,
+                    ls=style,
+                    marker=marker,
+                    color=colors[method],
+                    label=f"{method} ({stage})",
+                )
+
+
+def seeds_note(res: StudyResults) -> str:
+    """What a caption says about seeds: error bars and their meaning when there are several."""
+    n = len(res.seeds())
+    if n == 1:
+        return ""
+    return f" Points are the mean over {n} seeds; error bars and shaded bands: ± one standard deviation."
 
 
 def _per_task_figure(
@@ -52,7 +91,7 @@ def _per_task_figure(
         metric = next(r["metric"] for r in res.cells if r["task"] == task)
         style_axes(ax, SPARSITY_LABEL, ylabel(metric), f"{task}: {title}")
     figure_legend(fig, axes)
-    fig.savefig(out, dpi=130)
+    save_figure(fig, out)
     return out
 
 
@@ -66,7 +105,8 @@ def metric_vs_sparsity(res: StudyResults, out: Path) -> Section:
         "Test metric of each task after fine-tuning, one line per pruning method (colour) and stage "
         "(line style: solid = pruned during pre-training then transferred with the mask fixed, dashed = "
         "pruned while fine-tuning, dotted = pruned after dense fine-tuning then recovered). Grey lines: the "
-        "dense model of each stage with the same training budget; every line starts at its dense point.",
+        "dense model of each stage with the same training budget; every line starts at its dense point."
+        + seeds_note(res),
     )
 
 
@@ -84,7 +124,7 @@ def train_loss_vs_sparsity(res: StudyResults, out: Path) -> Section:
             label = name if key == "final_train_loss" else f"{name} {metric}"
             style_axes(ax, SPARSITY_LABEL, label, f"{task}: {label}")
     figure_legend(fig, axes)
-    fig.savefig(out, dpi=130)
+    save_figure(fig, out)
     return Section(
         "train_loss_vs_sparsity",
         'Downstream training loss vs sparsity, next to dev and test ("cannot fit", Gordon et al. 2020)',
@@ -93,13 +133,13 @@ def train_loss_vs_sparsity(res: StudyResults, out: Path) -> Section:
         "model at its final sparsity; for distilled runs the task loss alone, not the weighted total); "
         "middle and right: the dev and test metric of the same runs. Where the training loss rises with "
         "sparsity the pruned model can no longer fit the task's training data (Gordon et al. 2020, Sec. 5); "
-        "where only dev/test fall, it fits but generalises worse.",
+        "where only dev/test fall, it fits but generalises worse." + seeds_note(res),
     )
 
 
 def mlm_vs_sparsity(res: StudyResults, out: Path) -> Section:
     """MLM loss and masked-token accuracy of the pre-training runs against sparsity."""
-    runs = res.pretrain_runs
+    runs = res.replicated("pretrain_runs")
     if not runs:
         raise Skip("the study has no finished pretrain (MLM) runs")
     colors = method_colors(res.methods())
@@ -108,22 +148,21 @@ def mlm_vs_sparsity(res: StudyResults, out: Path) -> Section:
     panels = (("mlm_loss", "MLM loss"), ("mlm_accuracy", "masked-token accuracy"))
     for ax, (key, ylabel) in zip(axes, panels, strict=True):
         if dense:
-            ax.axhline(float(dense[0][key]), color="0.45", lw=1.2, label="dense (same MLM steps)")
+            _dense_level(ax, dense, key, color="0.45", lw=1.2, label="dense (same MLM steps)")
         for method, color in colors.items():
             arm = [r for r in runs if r["method"] == method]
             if arm:
-                x, y = _series(dense + arm, key)
-                ax.plot(x, y, marker="o", color=color, label=method)
+                _line(ax, dense + arm, key, marker="o", color=color, label=method)
         style_axes(ax, SPARSITY_LABEL, ylabel, f"held-out {ylabel} vs sparsity")
     if dense and dense[0].get("mlm_loss_before") is not None:
         axes[0].axhline(float(dense[0]["mlm_loss_before"]), color="0.7", ls=":", label="before the MLM stage")
     figure_legend(fig, axes)
-    fig.savefig(out, dpi=130)
+    save_figure(fig, out)
     return Section(
         "mlm_vs_sparsity",
         "Pre-training loss and masked-token accuracy vs sparsity (Guo et al. 2019, Fig. 2)",
         out,
         "Masked-LM loss and accuracy on the held-out blocks of the MLM text at the end of the pre-training "
         "stage, per pruning method; grey: the dense model after the same number of MLM steps, dotted: "
-        "the starting point of the stage.",
+        "the starting point of the stage." + seeds_note(res),
     )

@@ -25,6 +25,7 @@ __all__ = [
     "choose",
     "layer_of",
     "load_results",
+    "load_seeds",
     "mask_set",
     "short_name",
 ]
@@ -64,6 +65,7 @@ class ReportOptions:
     words: list[str] = field(default_factory=lambda: list(DEFAULT_WORDS))
     neighbours: int = 5
     bench: Path | None = None  # a `prunebert bench --json-out` file: speeds for the comparison table
+    seed_dirs: list[Path] = field(default_factory=list)  # the same study run with other seeds: mean ± sd
 
 
 @dataclass
@@ -72,6 +74,8 @@ class StudyResults:
 
     root: Path
     table: dict[str, Any]
+    #: the same study run with other seeds (other output_dirs): their rows join the curves and the summary
+    others: list[StudyResults] = field(default_factory=list)
 
     @property
     def cells(self) -> list[dict[str, Any]]:
@@ -82,6 +86,22 @@ class StudyResults:
     def pretrain_runs(self) -> list[dict[str, Any]]:
         """One row per finished MLM run."""
         return list(self.table.get("pretrain_runs", []))
+
+    @property
+    def seed(self) -> int | None:
+        """The seed every run of this study used."""
+        seed = self.table.get("study", {}).get("seed")
+        return seed if isinstance(seed, int) else None
+
+    def seeds(self) -> list[int | None]:
+        """The seed of this study and of each of `others`."""
+        return [self.seed, *(o.seed for o in self.others)]
+
+    def replicated(self, runs: str = "cells") -> list[dict[str, Any]]:
+        """Rows of every seed (`cells` or `pretrain_runs`), each with its `seed`: what curves average."""
+        return [
+            {**row, "seed": study.seed} for study in (self, *self.others) for row in study.table.get(runs, [])
+        ]
 
     def tasks(self) -> list[str]:
         """Tasks in the order of the study."""
@@ -97,6 +117,13 @@ class StudyResults:
             return None
         path = self.root / relative
         return path if path.exists() else None
+
+
+def load_seeds(roots: list[Path]) -> StudyResults:
+    """The first study, with the others (the same grid run with other seeds) attached for mean ± sd."""
+    first, *others = [load_results(root) for root in roots]
+    first.others = others
+    return first
 
 
 def load_results(root: Path) -> StudyResults:

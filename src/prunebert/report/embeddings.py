@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from prunebert.report.data import Chosen, Section, Skip
-from prunebert.report.plotting import figure_legend, method_colors, style_axes
+from prunebert.report.plotting import figure_legend, method_colors, save_figure, style_axes
 
 __all__ = ["embedding_map", "knn_overlap", "neighbour_words", "pca_2d", "project_2d"]
 
@@ -138,7 +138,7 @@ def embedding_map(chosen: Chosen, seeds: list[str], k: int, out: Path) -> Sectio
         style_axes(ax, f"{axis} dimension 1", f"{axis} dimension 2", name)
     fig.suptitle("encoder output of each word alone, coloured by the seed word it is near")
     figure_legend(fig, fig.axes[:1])
-    fig.savefig(out, dpi=130)
+    save_figure(fig, out)
     return Section(
         "embeddings",
         "Word representations, dense vs pruned (Guo et al. 2019, Fig. 4)",

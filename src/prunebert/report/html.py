@@ -1,5 +1,6 @@
-"""One self-contained HTML page: the study's settings, its results table, and every figure (embedded as
-base64, each linked to its PNG beside the page) or the note saying why it was left out."""
+"""One self-contained HTML page: a one-screen summary first (the best model at each sparsity, the speed of
+the timed models), then every figure (embedded as base64, linked to its PNG and SVG beside the page) or the
+note saying why it was left out, then the comparison table, the settings and every cell."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from prunebert.report.data import Section, StudyResults
+from prunebert.report.summary import best_per_sparsity, headline, speed_rows
 
 __all__ = ["render_html", "results_table"]
 
@@ -20,6 +22,7 @@ th { background: #f0f0f0; } td.l, th.l { text-align: left; }
 img { max-width: 100%; border: 1px solid #ddd; }
 .note { background: #fff4e0; border-left: 4px solid #e0a000; padding: 0.5em 1em; }
 .caption { color: #444; max-width: 75em; }
+.lead { font-size: 1.1em; } nav a { margin-right: 1em; } .files { font-size: 0.85em; }
 """
 
 _COLUMNS = (
@@ -86,7 +89,7 @@ def _settings(res: StudyResults) -> str:
 
 
 def _section(section: Section, page_dir: Path) -> str:
-    title = f"<h2>{html.escape(section.title)}</h2>"
+    title = f"<h2 id={section.name}>{html.escape(section.title)}</h2>"
     if section.png is None and section.table:  # a table without a figure
         rows = [[html.escape(c) for c in r] for r in section.table]
         return f"{title}<p class=caption>{html.escape(section.caption)}</p>{_table(rows, left=3)}"
@@ -97,17 +100,43 @@ def _section(section: Section, page_dir: Path) -> str:
     image = (
         f'<a href="{link}"><img src="data:image/png;base64,{data}" alt="{html.escape(section.title)}"></a>'
     )
+    svg = section.png.with_suffix(".svg")
+    if svg.is_file():
+        vector = html.escape(svg.relative_to(page_dir).as_posix())
+        image += f'<div class=files>files: <a href="{link}">PNG</a> · <a href="{vector}">SVG</a></div>'
     table = _table([[html.escape(c) for c in r] for r in section.table], left=3) if section.table else ""
     return f"{title}{image}<p class=caption>{html.escape(section.caption)}</p>{table}"
 
 
+def summary(res: StudyResults, sections: list[Section]) -> str:
+    """The first screen: what the study is, the best model per sparsity, the timed models' speed."""
+    best = [[html.escape(c) for c in r] for r in best_per_sparsity(res)]
+    speed = [[html.escape(c) for c in r] for r in speed_rows(sections)]
+    timed = (
+        _table(speed, left=3)
+        if speed
+        else "<p class=caption>Not measured: pass <code>--bench BENCH.json</code> (a <code>prunebert bench "
+        "--json-out</code> file that timed the study's models).</p>"
+    )
+    return (
+        f"<p class=lead>{html.escape(headline(res))}</p><h2 id=summary>Summary: the best model at each "
+        f"sparsity</h2><p class=caption>Per task and target sparsity, the pruning method and stage with the "
+        "best test metric, and its share of the dense model of the same stage.</p>"
+        f"{_table(best, left=3)}<h3>Inference speed</h3>{timed}"
+    )
+
+
 def render_html(res: StudyResults, sections: list[Section], page: Path) -> Path:
-    """Write the report page to `page` (PNGs referenced relative to it)."""
-    body = "".join(_section(s, page.parent) for s in sections)
+    """Write the report page to `page` (PNGs and SVGs referenced relative to it): summary, figures, tables."""
+    figures = [s for s in sections if s.png is not None or not s.table]
+    tables = [s for s in sections if s.png is None and s.table]
+    nav = " ".join(f'<a href="#{s.name}">{html.escape(s.name.replace("_", " "))}</a>' for s in figures)
+    body = "".join(_section(s, page.parent) for s in [*figures, *tables])
     document = (
         "<!doctype html><html><head><meta charset=utf-8><title>prunebert study report</title>"
-        f"<style>{_STYLE}</style></head><body><h1>prunebert study report</h1>{_settings(res)}"
-        f"{body}<h2>All cells</h2>{results_table(res)}</body></html>\n"
+        f"<style>{_STYLE}</style></head><body><h1>prunebert study report</h1>{summary(res, sections)}"
+        f"<nav><b>Figures</b>: {nav}</nav>{body}<h2 id=settings>Settings</h2>{_settings(res)}"
+        f"<h2 id=cells>All cells</h2>{results_table(res)}</body></html>\n"
     )
     page.write_text(document, encoding="utf-8")
     return page

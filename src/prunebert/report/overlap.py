@@ -12,9 +12,9 @@ import numpy as np
 import torch
 
 from prunebert.report.data import Section, Skip, StudyResults, mask_set
-from prunebert.report.plotting import panel_grid
+from prunebert.report.plotting import panel_grid, save_figure
 
-__all__ = ["jaccard", "mask_overlap", "overlap_matrix"]
+__all__ = ["fitted_range", "jaccard", "mask_overlap", "overlap_matrix"]
 
 
 def jaccard(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -56,6 +56,15 @@ def _masks_at(res: StudyResults, method: str, sparsity: float) -> dict[str, dict
     return {name: mask_set(path)[0] for name, path in found.items()}
 
 
+def fitted_range(matrix: np.ndarray) -> tuple[float, float]:
+    """Colour limits fitted to the off-diagonal overlaps (the diagonal is 1 by definition), with a margin
+    of a tenth of their spread below, so overlaps of 0.96-1.00 span the whole colour map, not its top."""
+    off = matrix[~np.eye(len(matrix), dtype=bool)]
+    low = float(off.min()) if off.size else 0.0
+    low = max(0.0, low - 0.1 * (1.0 - low))
+    return (min(low, 0.99), 1.0)
+
+
 def mask_overlap(res: StudyResults, method: str, out: Path) -> Section:
     """One Jaccard heatmap per sparsity of `method` that has at least two masks."""
     levels = sorted({r["sparsity"] for r in res.cells if r["method"] == method and r["sparsity"] > 0})
@@ -66,12 +75,13 @@ def mask_overlap(res: StudyResults, method: str, out: Path) -> Section:
     table = [["sparsity", "mask A", "mask B", "Jaccard", "chance (independent random)"]]
     for ax, (sparsity, masks) in zip(axes, panels, strict=True):
         names, matrix = list(masks), overlap_matrix(masks)
-        image = ax.imshow(matrix, vmin=0.0, vmax=1.0, cmap="viridis")
+        vmin, vmax = fitted_range(matrix)
+        image = ax.imshow(matrix, vmin=vmin, vmax=vmax, cmap="viridis")
         ax.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
         ax.set_yticks(range(len(names)), names, fontsize=8)
         for i in range(len(names)):
             for j in range(len(names)):
-                color = "black" if matrix[i, j] > 0.6 else "white"
+                color = "black" if (matrix[i, j] - vmin) / (vmax - vmin) > 0.6 else "white"  # on light cells
                 ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", color=color, fontsize=8)
                 if j > i:
                     chance = f"{sparsity / (2 - sparsity):.2f}"
@@ -79,7 +89,7 @@ def mask_overlap(res: StudyResults, method: str, out: Path) -> Section:
         chance = sparsity / (2 - sparsity)
         ax.set_title(f"{method}, {sparsity:.0%} sparsity\n(chance overlap {chance:.2f})", fontsize=11)
         fig.colorbar(image, ax=ax, shrink=0.8, label="Jaccard index of pruned weights")
-    fig.savefig(out, dpi=130)
+    save_figure(fig, out)
     note = (
         " Random masks are seeded per weight name, so they coincide across tasks by construction."
         if method == "random"
@@ -91,6 +101,7 @@ def mask_overlap(res: StudyResults, method: str, out: Path) -> Section:
         out,
         f"Jaccard index |A∩B| / |A∪B| of the pruned weights of two {method} masks of the same sparsity: "
         "the pre-training mask and the masks found while fine-tuning (or after fine-tuning) on each task. "
-        "'chance' is the expected overlap of two independent random masks, s / (2 - s)." + note,
+        "'chance' is the expected overlap of two independent random masks, s / (2 - s). Each panel's "
+        "colour scale spans its own overlaps (see its colour bar), not 0-1." + note,
         table=table,
     )

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-__all__ = ["figure_legend", "method_colors", "panel_grid", "style_axes"]
+__all__ = ["figure_legend", "method_colors", "panel_grid", "save_figure", "style_axes"]
 
 
 def method_colors(names: Sequence[str]) -> dict[str, Any]:
@@ -45,3 +46,10 @@ def figure_legend(fig: Figure, axes: list[Axes]) -> None:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             labels.setdefault(label, handle)
     fig.legend(list(labels.values()), list(labels), loc="outside lower center", ncol=min(4, len(labels)))
+
+
+def save_figure(fig: Figure, png: Path) -> Path:
+    """Write `png` for the page and an SVG beside it (same name) for papers and slides; returns `png`."""
+    fig.savefig(png, dpi=130)
+    fig.savefig(png.with_suffix(".svg"), metadata={"Date": None})  # no timestamp: same input, same file
+    return png

@@ -9,7 +9,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from prunebert.report.data import Chosen, Section, Skip, layer_of, mask_set
-from prunebert.report.plotting import style_axes
+from prunebert.report.plotting import save_figure, style_axes
 
 __all__ = ["module_sparsity", "qk_patterns"]
 
@@ -43,7 +43,7 @@ def module_sparsity(chosen: Chosen, out: Path) -> Section:
     ax.set_ylim(0, 100)
     style_axes(ax, "encoder layer", "sparsity (% of weights zero)", f"per-module sparsity: {chosen.label}")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
-    fig.savefig(out, dpi=130)
+    save_figure(fig, out)
     return Section(
         "module_sparsity",
         "Per-layer and per-module sparsity",
@@ -73,7 +73,7 @@ def qk_patterns(chosen: Chosen, layers: list[int] | None, out: Path) -> Section:
             title = f"layer {layer} {role}: {100 * (1 - mask.mean()):.1f}% pruned"
             style_axes(ax, "input feature", "output feature", title)
             ax.grid(False)
-    fig.savefig(out, dpi=130)
+    save_figure(fig, out)
     return Section(
         "qk_patterns",
         "Sparsity pattern of the query and key matrices (Guo et al. 2019, Fig. 3)",
