@@ -184,3 +184,11 @@ def test_nsp_off_and_models_without_the_head(workspace: Path, capsys: pytest.Cap
         "has no next-sentence-prediction head" in err and "--nsp auto" in err and len(err.splitlines()) == 1
     )
     assert not (workspace / "forced").exists()
+
+
+def test_pretrain_distils_beside_mlm_and_nsp(workspace: Path) -> None:
+    assert _pretrain(workspace, "tiny-bert", "nsp-distill", "--distill.teacher", "self") == 0
+    result = json.loads((workspace / "nsp-distill" / "results.json").read_text())
+    assert result["nsp"]["used"] and result["distill"]["weights"]["soft"] == 0.5  # a trained MLM head
+    assert {"nsp_accuracy", "distill_loss", "distill_soft", "representation_cosine"} <= set(result["metrics"])
+    assert result["metrics_before"]["distill_soft"] == pytest.approx(0.0, abs=1e-6)

@@ -49,7 +49,8 @@ def test_pretrain_prune_transfer_evaluate(workspace: Path, capsys: pytest.Captur
         == 0
     )
     result = _results(pre)
-    assert set(result["metrics"]) == {"mlm_loss", "mlm_perplexity", "mlm_accuracy"}
+    closeness = {"representation_cosine", "representation_cosine_min"}  # to the starting model
+    assert set(result["metrics"]) == {"mlm_loss", "mlm_perplexity", "mlm_accuracy", *closeness}
     assert result["sparsity"]["overall"] == pytest.approx(0.5, abs=1e-3)
     assert (result["sparsity"]["target"], result["sparsity"]["target_exact"]) == (0.5, True)
 

@@ -33,6 +33,7 @@ __all__ = [
     "DistillConfig",
     "DistillationTrainer",
     "Distiller",
+    "LossParts",
     "attention_loss",
     "hidden_state_loss",
     "layer_map",
@@ -234,7 +235,7 @@ class Distiller:
         return total, {k: v.detach() for k, v in parts.items()}
 
 
-class _LossParts(TrainerCallback):
+class LossParts(TrainerCallback):
     """Averages the loss parts since the last log and writes them next to `loss` (screen and log_history)."""
 
     def __init__(self) -> None:
@@ -278,7 +279,7 @@ class DistillationTrainer(Trainer):
         super().__init__(model, *args, **kwargs)
         distiller.teacher.to(self.args.device)
         self.distiller = distiller
-        self.loss_parts = _LossParts()
+        self.loss_parts = LossParts()
         self.add_callback(self.loss_parts)
 
     def compute_loss(

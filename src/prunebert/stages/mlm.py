@@ -16,14 +16,16 @@ scored from the returned `seq_relationship_logits`.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel, Trainer
+from transformers import Trainer
 
-__all__ = ["HEAD_ENTRY", "MaskedPositionsTrainer", "head_entry"]
+__all__ = ["HEAD_ENTRY", "MaskedPositionsTrainer", "head_entry", "masked_head", "masked_logits"]
 
 #: model_type -> the first module of the MLM head; everything after it acts on the last dimension only
 HEAD_ENTRY = {
@@ -36,10 +38,33 @@ HEAD_ENTRY = {
 }
 
 
-def head_entry(model: PreTrainedModel) -> nn.Module | None:
+def head_entry(model: nn.Module) -> nn.Module | None:
     """The module where the MLM head starts, or None if this architecture is not in `HEAD_ENTRY`."""
-    name = HEAD_ENTRY.get(str(getattr(model.config, "model_type", "")))
+    name = HEAD_ENTRY.get(str(getattr(getattr(model, "config", None), "model_type", "")))
     return model.get_submodule(name) if name is not None and hasattr(model, name) else None
+
+
+@contextlib.contextmanager
+def masked_head(model: nn.Module, keep: torch.Tensor) -> Iterator[None]:
+    """While open, the MLM head of `model` sees only the positions where `keep` (B, T) is True: its
+    logits come out (N, vocab). Architectures missing from `HEAD_ENTRY` keep the full forward."""
+    head = head_entry(model)
+
+    def only_masked(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        return (args[0][keep], *args[1:])
+
+    handle = head.register_forward_pre_hook(only_masked) if head is not None else None
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
+def masked_logits(outputs: Any, keep: torch.Tensor) -> torch.Tensor:
+    """The (N, vocab) MLM logits of the masked positions, from a forward run under `masked_head` or not."""
+    logits: torch.Tensor = outputs[0]  # `logits`, or `prediction_logits` with NSP
+    return logits if logits.dim() == 2 else logits[keep]
 
 
 class MaskedPositionsTrainer(Trainer):
@@ -58,26 +83,26 @@ class MaskedPositionsTrainer(Trainer):
         head = head_entry(self.accelerator.unwrap_model(model))
         if head is None or return_outputs or not model.training or "labels" not in inputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        return self.masked_forward(model, inputs)[0]
+
+    def masked_forward(
+        self, model: nn.Module, inputs: dict[str, Any], **flags: bool
+    ) -> tuple[torch.Tensor, Any, torch.Tensor]:
+        """The training loss (MLM, + NSP with its labels), the model's outputs, and the masked positions'
+        logits (N, vocab); `flags` (e.g. output_hidden_states) go to the forward."""
         inputs = dict(inputs)
         labels = inputs.pop("labels")
         nsp_labels = inputs.pop("next_sentence_label", None)
         keep = labels != -100
-
-        def only_masked(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-            return (args[0][keep], *args[1:])
-
-        handle = head.register_forward_pre_hook(only_masked)
-        try:
-            outputs = model(**inputs)
-        finally:
-            handle.remove()
-        logits: torch.Tensor = outputs[0]  # [N, vocab]: `logits`, or `prediction_logits` with NSP
+        with masked_head(self.accelerator.unwrap_model(model), keep):
+            outputs = model(**inputs, **flags)
+        logits = masked_logits(outputs, keep)  # (N, vocab)
         # no masked token in this batch: a zero loss that keeps the graph
         empty = logits.shape[0] == 0
         loss = logits.sum() * 0.0 if empty else F.cross_entropy(logits.float(), labels[keep])
         if nsp_labels is not None:
             loss = loss + F.cross_entropy(outputs.seq_relationship_logits.float(), nsp_labels.view(-1))
-        return loss
+        return loss, outputs, logits
 
 
 def _mlm_loss_only(

@@ -7,6 +7,10 @@ spending its first steps fitting a random head.
 A checkpoint with a next-sentence-prediction head (original BERT, `BertForPreTraining`) trains MLM + NSP
 on sentence pairs, as Gordon et al. 2020 and Guo et al. 2019 pre-trained (`nsp: auto`, the default; `on`
 requires the head, `off` trains MLM alone on blocks), and reports NSP accuracy.
+
+With `distill` the dense model teaches the student it is pruned into (Prune OFA, Zafrir et al. 2021;
+`stages.pretrain_distill`). Every run reports how close its sentence representations stay to the
+starting model's (or the teacher's): the cosine similarity of mean-pooled embeddings on the held-out text.
 """
 
 from __future__ import annotations
@@ -44,6 +48,13 @@ from prunebert.stages.common import (
     training_arguments,
 )
 from prunebert.stages.mlm import MaskedPositionsTrainer
+from prunebert.stages.pretrain_distill import (
+    DistillingMLMTrainer,
+    PretrainDistillConfig,
+    PretrainDistiller,
+    closeness,
+    load_pretrain_distiller,
+)
 
 __all__ = ["PretrainConfig", "masked_token_accuracy", "resolve_nsp", "run_pretrain", "warm_up_head"]
 
@@ -70,7 +81,11 @@ class PretrainConfig(StrictModel):
         "auto", description="next-sentence prediction beside MLM; auto: iff the checkpoint has an NSP head"
     )
 
-    recorded_if_set: ClassVar[tuple[str, ...]] = ("nsp",)
+    distill: PretrainDistillConfig | None = Field(
+        None, description="omit to pre-train without a teacher (MLM, + NSP, alone)"
+    )
+
+    recorded_if_set: ClassVar[tuple[str, ...]] = ("nsp", "distill")
 
     @field_validator("nsp", mode="before")
     @classmethod
@@ -137,17 +152,41 @@ def evaluate_mlm(trainer: Trainer, eval_set: Any) -> dict[str, float]:
     }
 
 
-def _trainer(model: PreTrainedModel, args: Any, train_set: Any, collator: Any, callbacks: list) -> Trainer:
-    trainer = MaskedPositionsTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_set,
-        data_collator=collator,
-        callbacks=callbacks,
-        compute_metrics=masked_token_accuracy,
-        preprocess_logits_for_metrics=_argmax,
+def _trainer(
+    model: PreTrainedModel,
+    args: Any,
+    train_set: Any,
+    collator: Any,
+    callbacks: list,
+    distiller: PretrainDistiller | None = None,
+) -> Trainer:
+    kwargs: dict[str, Any] = {
+        "model": model,
+        "args": args,
+        "train_dataset": train_set,
+        "data_collator": collator,
+        "callbacks": callbacks,
+        "compute_metrics": masked_token_accuracy,
+        "preprocess_logits_for_metrics": _argmax,
+    }
+    trainer = (
+        MaskedPositionsTrainer(**kwargs)
+        if distiller is None
+        else DistillingMLMTrainer(**kwargs, distiller=distiller)
     )
     return tracked(mean_loss_per_batch(trainer))
+
+
+def _closeness(
+    model: PreTrainedModel, cfg: PretrainConfig, eval_set: Any, distiller: PretrainDistiller | None
+) -> dict[str, float]:
+    """Held-out closeness to the teacher (with its distillation terms), or to the starting model."""
+    batch = max(cfg.train.batch_size, 64)
+    if distiller is not None:
+        return closeness(model, distiller.teacher, eval_set, batch, distiller)
+    with torch.random.fork_rng():  # a new pooler draws nothing from the run's RNG
+        reference = load_model(cfg.model, head="base").model
+    return closeness(model, reference, eval_set, batch)
 
 
 def warm_up_head(
@@ -195,22 +234,30 @@ def run_pretrain(cfg: PretrainConfig, overwrite: bool = False) -> dict[str, Any]
     collator = SeededMLMCollator(tokenizer, cfg.mlm_probability, cfg.seed)  # resumes bit-identically
     pruner = transfer_pruner(model, loaded.path, cfg.pruning)
     check_schedule(cfg.pruning, cfg.train, len(train_set))
+    distiller, distill = None, None
+    if cfg.distill is not None:  # the teacher is never checkpointed: a resumed run loads it again
+        distiller, distill = load_pretrain_distiller(
+            cfg.distill, cfg.model, model, tokenizer, loaded.new_head
+        )
     run.create()  # the inputs are good: from here on the run directory is written
     warmup: dict[str, float] = {}
     if loaded.new_head and cfg.head_warmup_steps > 0 and resume is None:
         warmup = warm_up_head(model, cfg, train_set, collator, run.root / "head-warmup")
     callbacks = [collator, *pruning_callbacks(pruner, cfg.train)]
     callbacks += resume_callbacks(cfg.train.save_total_limit)  # last: after masks are written
-    trainer = _trainer(
-        model, training_arguments(cfg.train, run.checkpoints, cfg.seed), train_set, collator, callbacks
-    )
-    before = evaluate_mlm(trainer, eval_set) if resume is None else {}
+    args = training_arguments(cfg.train, run.checkpoints, cfg.seed)
+    trainer = _trainer(model, args, train_set, collator, callbacks, distiller)
+    before: dict[str, float] = {}
+    if resume is None:
+        before = evaluate_mlm(trainer, eval_set)
+        if distiller is not None:
+            before.update(_closeness(model, cfg, eval_set, distiller))
     first = run.first_attempt(resume, {"metrics_before": before, "head_warmup": warmup})
     start = time.time()
     if cfg.train.max_steps != 0:  # 0: only warm up the head (a shared starting point for several runs)
         train_resumed(trainer, resume)
     runtime = time.time() - start
-    after = evaluate_mlm(trainer, eval_set)
+    after = {**evaluate_mlm(trainer, eval_set), **_closeness(model, cfg, eval_set, distiller)}
     run.save_model(model, tokenizer, pruner)
     results = {
         "stage": "pretrain",
@@ -220,6 +267,7 @@ def run_pretrain(cfg: PretrainConfig, overwrite: bool = False) -> dict[str, Any]
         "head_warmup": first["head_warmup"],
         "sparsity": sparsity_report(pruner),
         "nsp": {"setting": cfg.nsp, "used": nsp, "note": nsp_note},
+        "distill": distill,
         "train": {
             "steps": trainer.state.global_step,
             "runtime_s": runtime,
