@@ -19,10 +19,12 @@ from transformers import DataCollatorWithPadding, PreTrainedModel, Trainer, Trai
 from prunebert.config import PruningConfig
 from prunebert.data import TaskData
 from prunebert.data.spec import TaskSpec
+from prunebert.distributed import is_main_process
 from prunebert.errors import PrunebertError
 from prunebert.io import expect_mapping, read_json, read_yaml
 from prunebert.model_files import is_local_path
 from prunebert.models import load_model, transfer_pruner
+from prunebert.quantization.qat import QAT_FILE, QATCallback, QuantizationAware, QuantizationConfig
 from prunebert.stages.checkpoints import resume_callbacks, train_resumed
 from prunebert.stages.common import (
     RECIPE_FILE,
@@ -61,6 +63,11 @@ class FinetuneConfig(TaskSpec):
     fixed_attention: FixedAttentionConfig | None = Field(
         None, description="give chosen heads fixed position-based attention patterns (Raganato et al. 2020)"
     )
+    quantization: QuantizationConfig = Field(
+        default_factory=QuantizationConfig,
+        description="quantization-aware training (--quantization.qat int8); its ranges are saved beside "
+        "the fp32 weights and used by `prunebert export --int8`",
+    )
     start_from: Literal["model", "teacher"] = Field(
         "model",
         description="model: train `model`; teacher: start from the distillation teacher's weights (with "
@@ -71,6 +78,7 @@ class FinetuneConfig(TaskSpec):
         *TaskSpec.recorded_if_set,
         "fixed_attention",
         "start_from",
+        "quantization",
     )
 
     @field_validator("train")
@@ -138,6 +146,7 @@ def auto_teacher(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]
             "distill": None,
             "fixed_attention": None,
             "start_from": "model",
+            "quantization": QuantizationConfig(),
         }
     )
     run = RunDir(teacher_cfg.output_dir)
@@ -195,6 +204,8 @@ def run_finetune(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]
         teacher = _distiller(cfg, cfg.distill, task, overwrite)
     distiller, distill = teacher if teacher is not None else (None, None)
     callbacks: list[TrainerCallback] = pruning_callbacks(pruner, cfg.train)
+    qat = QuantizationAware(model, cfg.quantization) if cfg.quantization.qat != "none" else None
+    callbacks += [QATCallback(qat)] if qat is not None else []
     callbacks += resume_callbacks(cfg.train.save_total_limit)  # last: after masks are written
     trainer_kwargs: dict[str, Any] = {
         "model": model,
@@ -214,6 +225,8 @@ def run_finetune(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]
     runtime = time.time() - start
     metrics = evaluate_splits(trainer, splits, task, ("dev", "test"), cfg.qa)
     run.save_model(model, tokenizer, pruner)
+    if qat is not None and is_main_process():
+        qat.save(run.model)  # the trained input ranges travel with the (plain fp32) weights
     results = {
         "stage": "finetune",
         "recipe": cfg.model_dump(mode="json"),
@@ -229,6 +242,7 @@ def run_finetune(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]
         "transferred_mask": pruner is not None and cfg.pruning is None,
         "distill": distill,
         "fixed_attention": assignment_of(model),
+        "quantization": _qat_record(qat, cfg.quantization, trainer.state.max_steps),
         "train": {
             "steps": trainer.state.global_step,
             "runtime_s": runtime,
@@ -240,3 +254,14 @@ def run_finetune(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]
     }
     run.write_results(results)
     return results
+
+
+def _qat_record(
+    qat: QuantizationAware | None, config: QuantizationConfig, steps: int
+) -> dict[str, Any] | None:
+    """What results.json records of quantization-aware training (None without it)."""
+    if qat is None:
+        return None
+    linears = qat.state_dict()["linears"]
+    record = {"file": f"model/{QAT_FILE}", "start_step": config.start_step(steps), "linears": len(linears)}
+    return {**config.model_dump(mode="json"), **record, "metrics": "simulated int8 (fake-quantised)"}
