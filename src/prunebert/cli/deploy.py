@@ -52,6 +52,11 @@ def _add_export(sub: Any) -> None:
     export.add_argument(
         "--calibration-examples", type=int, default=300, help="training examples to calibrate on"
     )
+    export.add_argument(
+        "--ignore-qat",
+        action="store_true",
+        help="quantize a QAT model as any other (calibrated or dynamic), not with its trained input ranges",
+    )
     export.add_argument("--eval-split", default="test", choices=("train", "dev", "test"))
     export.add_argument("--eval-examples", type=int, default=1000, help="examples to measure accuracy on")
     export.add_argument("--max-length", type=int, default=128, help="tokens per calibration/eval example")
@@ -140,6 +145,7 @@ def _export(args: argparse.Namespace) -> None:
         eval_examples=args.eval_examples,
         max_length=args.max_length,
         opset=args.opset,
+        qat_scales=not args.ignore_qat,
     )
     manifest = export_model(options, overwrite=args.overwrite, quiet=not args.verbose)
     print(json.dumps(manifest, indent=2) if args.json else format_export(manifest))

@@ -9,7 +9,8 @@ OUT and renames it into place only when everything, the manifest `prunebert_expo
   must match PyTorch's within `tolerance` (1e-4) on padded inputs of two shapes, or the export fails.
   `--int8`: ONNX Runtime's quantizer, dynamic (data-free) or, with `--calibration TASK`, static QDQ
   (U8S8: per-channel int8 weights, asymmetric uint8 activations of MatMul/Gemm) calibrated on TASK's
-  training split.
+  training split. A model fine-tuned with `--quantization.qat int8` gets static QDQ U8S8 with its trained
+  input ranges instead (`prunebert.deploy.qat_export`), with or without `--calibration`.
 - OpenVINO: `openvino.convert_model` on the torch module (not via ONNX, whose transposes defeat
   OpenVINO's sparse kernels), saved in fp32. `--int8`: NNCF weight-only int8 (data-free) or, with
   `--calibration`, NNCF post-training quantization on TASK's training split.
@@ -62,6 +63,7 @@ class ExportOptions:
     opset: int | None = None
     tolerance: float = 1e-4
     seed: int = 0
+    qat_scales: bool = True  # a QAT model's int8 ONNX uses its trained input ranges; False: as any model
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:

@@ -30,6 +30,7 @@ from prunebert.deploy.inference import (
     load_inference_model,
     task_batches,
 )
+from prunebert.deploy.qat_export import qat_ranges, quantize_onnx_qat
 from prunebert.deploy.runtimes import Runner, onnxruntime_runner, openvino_runner, torch_runner
 from prunebert.errors import PrunebertError
 from prunebert.io import move_into_place, write_json
@@ -218,13 +219,25 @@ def _export_fp32(options: ExportOptions, model: InferenceModel, path: Path) -> A
 def _quantize(
     options: ExportOptions, model: InferenceModel, fp32_path: Path, converted: Any
 ) -> dict[str, Any]:
-    """Write the int8 model beside the fp32 one; returns what was done."""
-    calibration = _calibration(options, model)
+    """Write the int8 model beside the fp32 one; returns what was done.
+
+    A model trained with QAT (`prunebert_qat.json` beside its weights) gets its trained input ranges in
+    ONNX, no calibration; OpenVINO calibrates as for any model (its trained ranges are not carried yet).
+    """
     int8_path = fp32_path.parent / FILES[(options.format, True)]
+    qat = qat_ranges(model.path) if options.qat_scales else None
+    if qat is not None and options.format == "onnx":
+        prefix = str(getattr(model.module.model, "base_model_prefix", ""))
+        with _scratch_cwd():  # ORT's calibration pass still runs: two small batches feed it
+            return quantize_onnx_qat(fp32_path, int8_path, qat, prefix, check_inputs(model, options.seed))
+    calibration = _calibration(options, model)
     with _scratch_cwd():
         if options.format == "onnx":
             return quantize_onnx(fp32_path, int8_path, calibration)
-        return quantize_openvino(converted, int8_path, calibration)
+        done = quantize_openvino(converted, int8_path, calibration)
+    if qat is not None:
+        done["note"] = "the model's QAT input ranges are not carried to OpenVINO: it calibrated"
+    return done
 
 
 def _export_into(options: ExportOptions, model: InferenceModel, tmp: Path, out: Path) -> dict[str, Any]:
