@@ -22,6 +22,7 @@ from prunebert.quantization.qat import (
     QuantizationAware,
     QuantizationConfig,
 )
+from prunebert.stages.distill import DistillationTrainer, DistillConfig, Distiller
 from tiny import PADDED_MASK, StopAt, padded_ids, tiny_classifier, tiny_dataset, tiny_training_args
 
 INT8 = QuantizationConfig(qat="int8", start_fraction=0.5, ema_decay=0.9)
@@ -118,3 +119,23 @@ def test_resumed_qat_run_ends_with_the_same_ranges_and_weights(tmp_path: Path) -
         assert resumed.state_dict()["linears"][name] == pytest.approx(entry, rel=1e-5), name
     for (name, a), b in zip(full_model.state_dict().items(), model.state_dict().values(), strict=True):
         assert torch.allclose(a, b, atol=1e-5), name
+
+
+def test_qat_student_distils_from_an_fp32_teacher_with_hidden_states(tmp_path: Path) -> None:
+    student, teacher = tiny_classifier(seed=0), tiny_classifier(seed=1)
+    pruner = Pruner(student, PruningConfig(sparsity=0.5, schedule="oneshot"))
+    qat = QuantizationAware(student, QuantizationConfig(qat="int8", start_fraction=0.0))
+    config = DistillConfig(teacher="unused", alpha_hard=0.5, alpha_soft=0.5, alpha_hidden=1.0)
+    trainer = DistillationTrainer(
+        model=student,
+        args=tiny_training_args(tmp_path, 4, save_strategy="no", logging_steps=1),
+        train_dataset=tiny_dataset(32),
+        distiller=Distiller(teacher, config),
+        callbacks=[PruningCallback(pruner), QATCallback(qat)],
+    )
+    trainer.train()
+    assert all(isinstance(m, FakeQuantLinear) and m.observed() for m in qat.modules.values())
+    assert not any(isinstance(m, FakeQuantLinear) for m in teacher.modules())
+    losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
+    assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
+    assert all(torch.equal(w == 0, ~pruner.masks[n]) for n, w in pruner.weights().items())
