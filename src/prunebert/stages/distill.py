@@ -34,6 +34,7 @@ __all__ = [
     "DistillationTrainer",
     "Distiller",
     "LossParts",
+    "attach_teacher",
     "attention_loss",
     "hidden_state_loss",
     "layer_map",
@@ -266,6 +267,14 @@ class LossParts(TrainerCallback):
         self.sums, self.count = {}, 0
 
 
+def attach_teacher(trainer: Trainer, teacher: torch.nn.Module) -> LossParts:
+    """Move the teacher to the trainer's device, once; the LossParts that logs each term beside its loss."""
+    teacher.to(trainer.args.device)
+    loss_parts = LossParts()
+    trainer.add_callback(loss_parts)
+    return loss_parts
+
+
 class DistillationTrainer(Trainer):
     """A stock Trainer whose training loss is alpha_hard * task loss + the Distiller's term.
 
@@ -277,10 +286,8 @@ class DistillationTrainer(Trainer):
     def __init__(self, model: PreTrainedModel, *args: Any, distiller: Distiller, **kwargs: Any) -> None:
         distiller.prepare(model)
         super().__init__(model, *args, **kwargs)
-        distiller.teacher.to(self.args.device)
         self.distiller = distiller
-        self.loss_parts = LossParts()
-        self.add_callback(self.loss_parts)
+        self.loss_parts = attach_teacher(self, distiller.teacher)
 
     def compute_loss(
         self,

@@ -28,7 +28,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from prunebert.errors import PrunebertError
 from prunebert.models import load_model
 from prunebert.recipes import StrictModel
-from prunebert.stages.distill import LossParts, hidden_state_loss, layer_map, soft_label_loss
+from prunebert.stages.distill import attach_teacher, hidden_state_loss, layer_map, soft_label_loss
 from prunebert.stages.mlm import MaskedPositionsTrainer, masked_head, masked_logits
 from prunebert.stages.relation import (
     Captured,
@@ -239,10 +239,8 @@ class DistillingMLMTrainer(MaskedPositionsTrainer):
         self, model: PreTrainedModel, *args: Any, distiller: PretrainDistiller, **kwargs: Any
     ) -> None:
         super().__init__(model, *args, **kwargs)
-        distiller.teacher.to(self.args.device)
         self.distiller = distiller
-        self.loss_parts = LossParts()
-        self.add_callback(self.loss_parts)
+        self.loss_parts = attach_teacher(self, distiller.teacher)
 
     def compute_loss(
         self,
