@@ -219,6 +219,22 @@ def _snapshot(directory: Path) -> dict[str, bytes] | None:
     }
 
 
+def assert_one_line_error(argv: list[str], expected: str, out: Path | None) -> None:
+    """`prunebert ARGV` exits 2 with one `prunebert: error: problem; fix` line naming `expected`, no
+    traceback, and leaves `out` (when given) as it was."""
+    before = _snapshot(out) if out is not None else None
+    status, err = run_cli(argv)
+    lines = err.strip().splitlines()
+    assert status == 2, err[-3000:]
+    assert "Traceback" not in err
+    assert sum("prunebert: error:" in line for line in lines) == 1
+    message = lines[-1]
+    assert message.startswith("prunebert: error: ") and expected in message, message
+    assert "; " in message  # problem; fix
+    if out is not None:
+        assert _snapshot(out) == before
+
+
 @pytest.fixture(scope="module")
 def workspace(
     tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: PreTrainedTokenizerBase
@@ -233,15 +249,5 @@ def test_bad_input_is_one_line_error_and_the_output_dir_is_untouched(
     workspace: Path, argv: Callable[[Path], list[str]], expected: str
 ) -> None:
     args = argv(workspace)
-    out = _output_dir(args)
-    before = _snapshot(out)
-    status, err = run_cli(args)
-    lines = err.strip().splitlines()
-    assert status == 2, err[-3000:]
-    assert "Traceback" not in err
-    assert sum("prunebert: error:" in line for line in lines) == 1
-    message = lines[-1]
-    assert message.startswith("prunebert: error: ") and expected in message, message
-    assert "; " in message  # problem; fix
-    assert _snapshot(out) == before
+    assert_one_line_error(args, expected, _output_dir(args))
     assert not (workspace / "unpickled").exists()

@@ -28,7 +28,7 @@ from prunebert.io import LOCK_FILE
 from prunebert.masks import MASKS_FILE
 from prunebert.models import save_pruned
 from prunebert.pruner import Pruner
-from test_bad_inputs import _snapshot, run_cli
+from test_bad_inputs import assert_one_line_error, run_cli
 from tiny import tiny_mlm, write_workspace
 
 OUT = "out"
@@ -174,18 +174,7 @@ def test_bad_input_is_one_line_error(
     workspace: Path, argv: Callable[[Path], list[str]], expected: str
 ) -> None:
     args = argv(workspace)
-    out = _output_dir(args)
-    before = _snapshot(out) if out is not None else None
-    status, err = run_cli(args)
-    lines = err.strip().splitlines()
-    assert status == 2, err[-3000:]
-    assert "Traceback" not in err
-    assert sum("prunebert: error:" in line for line in lines) == 1
-    message = lines[-1]
-    assert message.startswith("prunebert: error: ") and expected in message, message
-    assert "; " in message  # problem; fix
-    if out is not None:
-        assert _snapshot(out) == before
+    assert_one_line_error(args, expected, _output_dir(args))
 
 
 # -- behaviour that must be right ------------------------------------------------------------------------

@@ -31,7 +31,13 @@ from prunebert.deploy.inference import (
     task_batches,
 )
 from prunebert.deploy.qat_export import qat_ranges, quantize_onnx_qat
-from prunebert.deploy.runtimes import Runner, onnxruntime_runner, openvino_runner, torch_runner
+from prunebert.deploy.runtimes import (
+    Runner,
+    calibration_reader,
+    onnxruntime_runner,
+    openvino_runner,
+    torch_runner,
+)
 from prunebert.errors import PrunebertError
 from prunebert.io import move_into_place, write_json
 from prunebert.metrics import compute_metrics
@@ -81,29 +87,16 @@ def export_onnx(model: InferenceModel, path: Path, opset: int | None) -> None:
 
 def quantize_onnx(source: Path, target: Path, calibration: TaskBatches | None) -> dict[str, Any]:
     """ONNX Runtime int8: dynamic (data-free), or static QDQ calibrated on `calibration`'s batches."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_dynamic,
-        quantize_static,
-    )
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     if calibration is None:
         quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True)
         return {"method": "onnxruntime dynamic (int8 per-channel weights, int8 activations per batch)"}
 
-    class Reader(CalibrationDataReader):
-        def __init__(self, batches: list[dict[str, np.ndarray]]) -> None:
-            self.batches = iter(batches)
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self.batches, None)
-
     quantize_static(
         str(source),
         str(target),
-        Reader(calibration.batches),
+        calibration_reader(calibration.batches),
         quant_format=QuantFormat.QDQ,
         op_types_to_quantize=["MatMul", "Gemm"],
         per_channel=True,

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from prunebert.deploy.runtimes import calibration_reader
 from prunebert.errors import PrunebertError
 from prunebert.model_files import align_keys
 from prunebert.quantization.maths import activation_qparams
@@ -86,7 +87,7 @@ def quantize_onnx_qat(
     `batches` only feed ONNX Runtime's calibration pass, whose ranges the overrides replace.
     """
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     nodes = linear_nodes(onnx.load(str(source)).graph)
     overrides, untrained = input_overrides(nodes, qat["linears"], base_prefix)
@@ -97,17 +98,10 @@ def quantize_onnx_qat(
         )
     quantized = [node.name for module, node in nodes.items() if module not in untrained]
 
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter(batches)
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self.batches, None)
-
     quantize_static(
         str(source),
         str(target),
-        Reader(),
+        calibration_reader(batches),
         quant_format=QuantFormat.QDQ,
         nodes_to_quantize=quantized,
         per_channel=True,

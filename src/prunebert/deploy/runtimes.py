@@ -8,9 +8,9 @@ one-line error naming the extra that installs it.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -19,10 +19,14 @@ from torch import nn
 from prunebert.deploy.inference import as_numpy
 from prunebert.errors import PrunebertError
 
+if TYPE_CHECKING:
+    from onnxruntime.quantization import CalibrationDataReader
+
 __all__ = [
     "EXTRAS",
     "Runner",
     "available",
+    "calibration_reader",
     "onnxruntime_runner",
     "openvino_runner",
     "require",
@@ -65,6 +69,20 @@ def torch_runner(module: nn.Module, input_names: tuple[str, ...]) -> Runner:
             return as_numpy(module(*(torch.from_numpy(inputs[n]) for n in input_names)))
 
     return run
+
+
+def calibration_reader(batches: Iterable[dict[str, np.ndarray]]) -> CalibrationDataReader:
+    """An ONNX Runtime `CalibrationDataReader` that hands out `batches`, each once."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(batches)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.batches, None)
+
+    return Reader()
 
 
 def onnxruntime_runner(path: Path, threads: int) -> Runner:

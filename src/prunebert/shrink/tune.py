@@ -48,6 +48,16 @@ def _module(model: nn.Module, name: str) -> nn.Linear:
     return module
 
 
+def _bias(out: nn.Linear) -> torch.Tensor:
+    """The output Linear's bias (D,), zeros if it has none."""
+    return out.bias if out.bias is not None else torch.zeros(out.weight.shape[0])
+
+
+def _add(total: System | None, system: System) -> System:
+    """One more batch's normal equations added to those so far (None: none yet)."""
+    return system if total is None else (total[0] + system[0], total[1] + system[1], total[2] + system[2])
+
+
 def _teacher(
     model: nn.Module, g: LayerGroups, calls: Sequence[LayerCall], hidden: list[torch.Tensor], first: bool
 ) -> tuple[_Targets, list[torch.Tensor]]:
@@ -82,7 +92,7 @@ def _attention_system(
     out = _module(model, g.heads.output.name)
     d = g.heads.group_size
     weight = out.weight.view(out.weight.shape[0], -1, d)[:, kept]  # (D, K, d)
-    bias = out.bias if out.bias is not None else torch.zeros(out.weight.shape[0])
+    bias = _bias(out)
     seen: dict[str, torch.Tensor] = {}
     total: System | None = None
     for call, h, target in zip(calls, hidden, targets, strict=True):
@@ -91,9 +101,7 @@ def _attention_system(
         ctx = _select(seen["ctx"], call, first)  # (N, H*d)
         per_head = torch.einsum("nkd,ekd->kne", ctx.view(ctx.shape[0], -1, d)[:, kept], weight)
         system = head_system(per_head, target - bias - _select(h, call, first))
-        total = (
-            system if total is None else (total[0] + system[0], total[1] + system[1], total[2] + system[2])
-        )
+        total = _add(total, system)
     assert total is not None
     return total
 
@@ -112,7 +120,7 @@ def _ffn_system(
     layer = encoder_layers(model)[1][g.layer]
     out = _module(model, g.neurons.output.name)
     weight = out.weight[:, kept]  # (D, K)
-    bias = out.bias if out.bias is not None else torch.zeros(out.weight.shape[0])
+    bias = _bias(out)
     ffn_in = model.get_submodule(g.neurons.inputs[0].name)
     seen: dict[str, torch.Tensor] = {}
     total: System | None = None
@@ -126,9 +134,7 @@ def _ffn_system(
             run_layer(layer, h, call)
         acts = _select(seen["acts"], call, first)[:, kept]
         system = neuron_system(acts, weight, target - bias - _select(seen["res"], call, first))
-        total = (
-            system if total is None else (total[0] + system[0], total[1] + system[1], total[2] + system[2])
-        )
+        total = _add(total, system)
     assert total is not None
     return total
 
