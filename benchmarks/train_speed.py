@@ -8,8 +8,10 @@ of the per-round ratio to fp32 at the default thread count (so load that changes
 Accuracy (--accuracy): full dense fine-tunes (3 epochs, whole training split) in fp32 and in each faster
 configuration, seeds 0 and 1: test accuracy per seed, so a difference can be read against the seed spread.
 
-    .venv/bin/python benchmarks/train_speed.py                 # speed, both tasks (~10 min)
-    .venv/bin/python benchmarks/train_speed.py --accuracy      # + 8 full fine-tunes of rotten-tomatoes (~1 h)
+    .venv/bin/python benchmarks/train_speed.py                 # speed, both tasks (~10 min, a quiet machine)
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/train_speed.py --part accuracy --configs fp32 auto
+        # 4 full fine-tunes of rotten-tomatoes (~1 h on one core; timing-free, so it may share the machine)
+        # into results/train_speed_accuracy.json
 """
 
 from __future__ import annotations
@@ -146,10 +148,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=40, help="timed optimizer steps per measurement")
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--accuracy", action="store_true", help="also run the full fine-tunes")
+    parser.add_argument(
+        "--part",
+        choices=("speed", "accuracy", "both"),
+        default="speed",
+        help="speed: timed steps (needs a quiet machine); accuracy: the full fine-tunes (timing-free)",
+    )
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="seeds of the fine-tunes")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "train_speed")
-    parser.add_argument("--output", type=Path, default=ROOT / "results" / "train_speed.json")
+    parser.add_argument("--output", type=Path, default=None, help="default: results/NAME.json")
     args = parser.parse_args()
+    name = "train_speed_accuracy" if args.part == "accuracy" else "train_speed"
+    output = args.output or ROOT / "results" / f"{name}.json"
     if BASELINE not in args.configs:
         parser.error(f"--configs must include the baseline {BASELINE}")
     started = time.time()
@@ -163,11 +173,13 @@ def main() -> None:
         "cpu": cpu_name(),
         "cpu_features": cpu_features(),
     }
-    rows = speed(args.tasks, args.configs, args.rounds, args.steps, args.warmup)
-    if args.accuracy:
-        precisions = sorted({CONFIGS[name][0] for name in args.configs})
-        rows += [{"accuracy": True, **row} for row in accuracy(precisions, [0, 1], args.runs)]
-    write_results(args.output, "train_speed", settings, rows, True, started)
+    rows = []
+    if args.part in ("speed", "both"):
+        rows += speed(args.tasks, args.configs, args.rounds, args.steps, args.warmup)
+    if args.part in ("accuracy", "both"):
+        precisions = sorted({CONFIGS[config][0] for config in args.configs})
+        rows += [{"accuracy": True, **row} for row in accuracy(precisions, args.seeds, args.runs)]
+    write_results(output, name, settings, rows, True, started)
     print(json.dumps(rows, indent=1))
 
 
