@@ -113,8 +113,24 @@ def speed(tasks: list[str], configs: list[str], rounds: int, steps: int, warmup:
     return rows
 
 
-def accuracy(precisions: list[str], seeds: list[int], runs: Path) -> list[dict[str, Any]]:
-    """Full dense fine-tunes of rotten-tomatoes per precision and seed (resumable run by run)."""
+def _same_recipe(config: FinetuneConfig, reuse: list[Path]) -> tuple[dict[str, Any], Path] | None:
+    """A finished run among `reuse` (e.g. the accuracy grid's dense cells) of exactly this recipe."""
+    want = config.model_dump(mode="json")
+    want.pop("output_dir")
+    for run in reuse:
+        done = run / "results.json"
+        if done.is_file():
+            results = json.loads(done.read_text())
+            recipe = dict(results.get("recipe", {}))
+            recipe.pop("output_dir", None)
+            if recipe == want:
+                return results, run
+    return None
+
+
+def accuracy(precisions: list[str], seeds: list[int], runs: Path, reuse: list[Path]) -> list[dict[str, Any]]:
+    """Full dense fine-tunes of rotten-tomatoes per precision and seed (resumable run by run); a finished
+    run of the same recipe among `reuse` counts instead of running it again."""
     rows = []
     for precision in precisions:
         for seed in seeds:
@@ -124,15 +140,18 @@ def accuracy(precisions: list[str], seeds: list[int], runs: Path) -> list[dict[s
                 "output_dir": str(runs / f"{precision}-s{seed}"),
                 "train": {"epochs": 3.0, "learning_rate": 5e-5, "precision": precision, "save_steps": 200},
             }
-            results = run_or_reuse(FinetuneConfig.model_validate(recipe))
+            config = FinetuneConfig.model_validate(recipe)
+            found = _same_recipe(config, reuse)
+            results, run = found if found else (run_or_reuse(config), config.output_dir)
             rows.append(
                 {
                     "precision": precision,
-                    "resolved": resolve_precision(precision),
+                    "resolved": results["train"].get("precision", resolve_precision(precision)),
                     "seed": seed,
                     "test_accuracy": results["metrics"]["test"]["accuracy"],
                     "runtime_s": results["train"]["runtime_s"],
                     "steps": results["train"]["steps"],
+                    "run": str(run),
                 }
             )
     return rows
@@ -156,6 +175,9 @@ def main() -> None:
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="seeds of the fine-tunes")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "train_speed")
+    parser.add_argument(
+        "--reuse", nargs="*", type=Path, default=[], help="finished run dirs used when the recipe matches"
+    )
     parser.add_argument("--output", type=Path, default=None, help="default: results/NAME.json")
     args = parser.parse_args()
     name = "train_speed_accuracy" if args.part == "accuracy" else "train_speed"
@@ -178,7 +200,7 @@ def main() -> None:
         rows += speed(args.tasks, args.configs, args.rounds, args.steps, args.warmup)
     if args.part in ("accuracy", "both"):
         precisions = sorted({CONFIGS[config][0] for config in args.configs})
-        rows += [{"accuracy": True, **row} for row in accuracy(precisions, args.seeds, args.runs)]
+        rows += [{"accuracy": True, **row} for row in accuracy(precisions, args.seeds, args.runs, args.reuse)]
     write_results(output, name, settings, rows, True, started)
     print(json.dumps(rows, indent=1))
 
