@@ -32,7 +32,7 @@ import yaml
 
 from prunebert.recipe_library import named_recipes
 from prunebert.stages.finetune import FinetuneConfig
-from prunebert.stages.runner import run_or_reuse
+from prunebert.stages.runner import finished_run, run_or_reuse
 from results_table import write_results  # benchmarks/results_table.py: the script's folder is on sys.path
 
 ROOT = Path(__file__).resolve().parent
@@ -138,6 +138,22 @@ def markdown_table(path: Path) -> str:
     return "\n".join(lines)
 
 
+def _cell(text: str, parser: argparse.ArgumentParser) -> tuple[str, float, int]:
+    """ARM:SPARSITY:SEED -> a cell of CELLS, or a usage error."""
+    arm, _, rest = text.partition(":")
+    sparsity, _, seed = rest.partition(":")
+    try:
+        cell = (arm, float(sparsity), int(seed or 0))
+    except ValueError:
+        cell = ("", 0.0, 0)
+    if cell not in CELLS:
+        parser.error(
+            f"--cells {text}: not a cell of the grid; choose from "
+            + " ".join(f"{a}:{s}:{n}" for a, s, n in CELLS)
+        )
+    return cell
+
+
 def main() -> None:
     """Run the cells asked for in CELLS order, each on every task."""
     parser = argparse.ArgumentParser(
@@ -148,8 +164,19 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "accuracy_grid")
     parser.add_argument("--output", type=Path, default=ROOT / "results" / "accuracy_grid.json")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    parser.add_argument(
+        "--cells",
+        nargs="+",
+        default=None,
+        metavar="ARM:SPARSITY:SEED",
+        help="only these cells (e.g. obs:0.9:0)",
+    )
+    parser.add_argument(
+        "--collect", action="store_true", help="train nothing: add the cells whose runs have finished"
+    )
     parser.add_argument("--table", action="store_true", help="print the Markdown table of --output and exit")
     args = parser.parse_args()
+    chosen = {_cell(text, parser) for text in args.cells} if args.cells else set(CELLS)
     if args.table:
         print(markdown_table(args.output))
         return
@@ -161,16 +188,20 @@ def main() -> None:
     for arm, sparsity, seed in CELLS:  # cell by cell across the tasks: both tasks' key cells come first
         for task in args.tasks:
             key = (task, arm, sparsity, seed)
-            if arm not in args.arms or key in known:
+            if arm not in args.arms or (arm, sparsity, seed) not in chosen or key in known:
+                continue
+            config = FinetuneConfig.model_validate(recipe_for(arm, sparsity, seed, task, args.runs))
+            results = finished_run(config) if args.collect else None
+            if args.collect and results is None:
                 continue
             print(f"[grid] {task} {arm} {sparsity:.0%} seed {seed}", flush=True)
-            config = FinetuneConfig.model_validate(recipe_for(arm, sparsity, seed, task, args.runs))
-            rows[key] = summarise(arm, sparsity, seed, task, run_or_reuse(config))
+            rows[key] = summarise(arm, sparsity, seed, task, results or run_or_reuse(config))
+            rows = {**committed(args.output, args.runs), **rows}  # another grid process may have written
             cells = with_ratios([rows[k] for k in every if k in rows])
             write_results(
                 args.output, "accuracy_grid", {"cells": len(every)}, cells, len(rows) == len(every), started
             )
-    print(markdown_table(args.output))
+    print(markdown_table(args.output) if args.output.is_file() else "no finished cells yet")
 
 
 if __name__ == "__main__":
