@@ -14,8 +14,13 @@ from prunebert.cli import main
 from prunebert.deploy.storage import SUFFIX, compress_model, decode_tensor, decompress_model, encode_tensor
 from prunebert.errors import PrunebertError
 from prunebert.masks import MASKS_FILE, topk_mask
+from prunebert.model_card import CARD_FILE
 from prunebert.models import load_model, save_pruned
-from tiny import tiny_classifier
+from prunebert.sentence_modules import write_sentence_modules
+from prunebert.transforms.custom_code import MODELING_FILE
+from prunebert.transforms.slim import slim_model
+from test_slim import _structured
+from tiny import PADDED_MASK, padded_ids, tiny_classifier
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
@@ -219,3 +224,48 @@ def test_cli_round_trip_and_refusals(
     assert "already compressed" in capsys.readouterr().err
     assert main(["bench", str(tmp_path / "c"), "--variants", "torch"]) == 2  # must be decompressed first
     assert "prunebert decompress" in capsys.readouterr().err
+
+
+def _tree(directory: Path) -> dict[str, bytes | None]:
+    """Every path under `directory`, a file with its bytes, a folder with None."""
+    return {
+        str(p.relative_to(directory)): p.read_bytes() if p.is_file() else None
+        for p in sorted(directory.rglob("*"))
+    }
+
+
+@torch.no_grad()
+def _logits(path: Path) -> torch.Tensor:
+    model = load_model(str(path), "classification").model.eval()
+    return model(input_ids=padded_ids(), attention_mask=PADDED_MASK).logits
+
+
+def test_cli_round_trip_keeps_every_other_file_and_folder(
+    tmp_path: Path, tiny_tokenizer: PreTrainedTokenizerBase, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A slimmed sentence-transformers model with custom code, card and extra folders: compress ->
+    decompress gives the same tree, the same bytes but for the weights, which hold equal tensors."""
+    model = tiny_classifier(seed=1).eval()
+    _structured(model).bake()
+    src = tmp_path / "src"
+    save_pruned(slim_model(model), tiny_tokenizer, None, src)  # ships modeling_prunebert.py
+    write_sentence_modules(src, model.config.hidden_size, max_seq_length=64)  # 1_Pooling/, 2_Normalize/
+    (src / CARD_FILE).write_text("---\ntags: [prunebert]\n---\n# a card\n")
+    (src / "prunebert_qat.json").write_text('{"note": "kept as it is"}\n')
+    (src / "2_Dense").mkdir()  # a subfolder's weights are copied, not compressed
+    save_file({"linear.weight": torch.randn(4, 32)}, str(src / "2_Dense" / "model.safetensors"))
+    (src / "extra" / "deeper").mkdir(parents=True)
+    (src / "extra" / "deeper" / "notes.txt").write_text("nested\n")
+    assert main(["compress", str(src), str(tmp_path / "c")]) == 0
+    assert main(["decompress", str(tmp_path / "c"), str(tmp_path / "d")]) == 0
+    capsys.readouterr()
+
+    compressed, before, after = _tree(tmp_path / "c"), _tree(src), _tree(tmp_path / "d")
+    for name in ("1_Pooling/config.json", "2_Normalize", "modules.json", CARD_FILE, MODELING_FILE):
+        assert name in compressed and name in after, name
+    assert after.keys() == before.keys()
+    weights = {"model.safetensors"}
+    assert all(after[name] == data for name, data in before.items() if name not in weights)
+    a, b = load_file(str(src / "model.safetensors")), load_file(str(tmp_path / "d" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(_bits(a[k]), _bits(b[k])) for k in a)
+    assert torch.equal(_logits(src), _logits(tmp_path / "d"))

@@ -10,8 +10,10 @@ plain safetensors file of uint8 payloads plus a JSON manifest in its header. Eac
 whichever is smallest. "Nonzero" means any bit set, so -0.0 and NaN survive: the round trip is
 bit-identical, and a CRC32 of every tensor's bytes catches any damage. With `fp16=True` float32 tensors
 are stored as float16 and decompressed back to float32: lossy (fp16 rounding), about half the bytes.
-Other files (config, tokenizer) are copied as they are. OUT is written into a staging directory beside it
-and renamed whole at the end: a killed or failed command leaves no half-written OUT.
+Every other file and subdirectory (config, tokenizer, model card, custom code, sentence-transformers
+modules such as `1_Pooling/`, weights inside a subdirectory) is copied as it is, both ways. OUT is written
+into a staging directory beside it and renamed whole at the end: a killed or failed command leaves no
+half-written OUT.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from prunebert.errors import PrunebertError
-from prunebert.io import check_output_dir, staged_dir
+from prunebert.io import LOCK_FILE, check_output_dir, staged_dir
 from prunebert.masks import MASKS_FILE
 from prunebert.model_files import COMPRESSED_SUFFIX
 
@@ -210,8 +212,15 @@ def _find_ref(name: str, refs: dict[str, np.ndarray]) -> np.ndarray | None:
 
 
 def _copy_others(src: Path, out: Path, skip: set[Path]) -> None:
+    """Copy everything of `src` but the `skip` files into `out` unchanged: config, tokenizer, model card,
+    custom code, and every subdirectory (sentence-transformers' `1_Pooling/`, `2_Normalize/`, ...)."""
+    lock = shutil.ignore_patterns(LOCK_FILE)  # another command's lock, not part of the model
     for item in sorted(src.iterdir()):
-        if item.is_file() and item not in skip:
+        if item in skip or item.name == LOCK_FILE:
+            continue
+        if item.is_dir():
+            shutil.copytree(item, out / item.name, ignore=lock, copy_function=shutil.copyfile)
+        else:
             shutil.copyfile(item, out / item.name)
 
 
