@@ -13,6 +13,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 from prunebert.errors import PrunebertError
 from prunebert.io import check_output_dir, staged_dir, write_json
 from prunebert.masks import MASKS_FILE, save_masks
+from prunebert.model_card import write_slim_card
 from prunebert.models import Head, load_config, load_model, save_pruned, transfer_pruner
 from prunebert.transforms.layer_skip import skipped_layers
 from prunebert.transforms.lowrank import LOWRANK_KEY, factorized_names, slim_lowrank
@@ -47,7 +48,7 @@ def _outputs(model: PreTrainedModel) -> torch.Tensor:
 def run_slim(
     source: str, output: Path, overwrite: bool = False, drop_layers: Sequence[int] = ()
 ) -> dict[str, Any]:
-    """Slim `source` into `output` (model, tokenizer, cut masks, slim.json); returns the summary.
+    """Slim `source` into `output` (model, tokenizer, cut masks, model card, slim.json); returns the summary.
 
     Layers a LayerDrop run skips are dropped with those in `drop_layers`; factorised modules (lowrank)
     become two smaller Linears or one dense Linear (`prunebert.transforms.lowrank.slim_lowrank`).
@@ -89,10 +90,11 @@ def run_slim(
         SLIM_KEY: getattr(model.config, SLIM_KEY, None),
         LOWRANK_KEY: getattr(model.config, LOWRANK_KEY, None),
     }
-    with staged_dir(output) as stage:  # OUTPUT appears whole (model, tokenizer, masks, slim.json) or not
+    with staged_dir(output) as stage:  # OUTPUT appears whole (model, masks, card, slim.json...) or not
         save_pruned(model, loaded.tokenizer, None, stage)  # + its modeling code, sentence modules
         if masks:  # the remaining (unstructured) zeros stay fixed in further training
             _save_cut_masks(masks, roles, source, stage)
+        write_slim_card(stage, summary, Path(loaded.path))  # + the source's recipe.yaml, results.json
         write_json(stage / "slim.json", summary)
     return summary
 
