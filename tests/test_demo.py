@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from prunebert.cli import main
 from prunebert.errors import PrunebertError
 from prunebert.stages.finetune import FinetuneConfig
-from prunebert.stages.runner import run_or_reuse
+from prunebert.stages.runner import StageConfig, run_or_reuse
+from prunebert.study import demo
 from prunebert.study.demo import demo_plan, summarize
 
 
@@ -58,3 +60,25 @@ def test_a_finished_step_of_another_recipe_is_refused(tmp_path: Path) -> None:
         json.dumps({**stale, "recipe": config.model_dump(mode="json")})
     )
     assert run_or_reuse(config)["metrics"] == {}
+
+
+def test_stdout_holds_the_json_result_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Progress and the stages' log lines on stderr, the comparison as JSON on stdout (stages faked)."""
+    mlm = {"sparsity": {"overall": 0.4}, "metrics": {"mlm_loss": 3.0, "mlm_accuracy": 0.4}}
+
+    def fake_stage(config: StageConfig) -> dict[str, object]:
+        print("{'loss': 1.0}")  # as the Trainer logs, on stdout
+        name = config.output_dir.name
+        return _ft(0.8, 0.81) if name.startswith("20-ft") else {**mlm, "metrics": {**mlm["metrics"]}}
+
+    monkeypatch.setattr(demo, "run_or_reuse", fake_stage)
+    assert main(["demo", "--output_dir", str(tmp_path), "--quick", "--seeds", "0", "1"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)  # nothing else on stdout
+    assert result["results"] == str(tmp_path / "comparison.json") and result["quick"] is True
+    assert result == {"results": result["results"], **json.loads((tmp_path / "comparison.json").read_text())}
+    assert [row["test_accuracy"] for row in result["rows"]] == [pytest.approx(0.81)] * 2
+    assert "[demo 1/7] head" in captured.err and captured.err.count("{'loss': 1.0}") == 7
+    assert "| model | encoder sparsity |" in captured.err  # the readable table

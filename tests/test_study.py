@@ -115,11 +115,27 @@ def test_rerun_reuses_every_finished_run(workspace: Path, capsys: pytest.Capture
     capsys.readouterr()
     with chdir(workspace):
         assert main(["study", RECIPE.name]) == 0
-    out = capsys.readouterr().out
-    progress = [line for line in out.splitlines() if line.startswith("[study ")]
+    err = capsys.readouterr().err
+    progress = [line for line in err.splitlines() if line.startswith("[study ")]
     assert len(progress) == 19 and all(line.endswith("(finished: reused)") for line in progress)
-    assert progress[6].startswith("[study 7/19] ") and "ran 0 of 19 runs" in out
+    assert progress[6].startswith("[study 7/19] ") and "ran 0 of 19 runs" in err
     assert {p: p.stat().st_mtime_ns for p in before} == before
+
+
+def test_stdout_holds_the_json_result_alone(workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (workspace / "study" / "finetune" / "task-b" / "random-50" / "results.json").unlink()  # one to resume
+    capsys.readouterr()
+    with chdir(workspace):
+        assert main(["study", RECIPE.name]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)  # nothing else on stdout
+    assert result["runs_executed"] == 1 and result["runs_total"] == 19 and result["complete"]
+    assert result["results_csv"] == str(Path("study") / "results.csv")
+    assert {_key(r) for r in result["cells"]} == EXPECTED
+    assert {_key(r): r["test_metric"] for r in result["cells"]} == {
+        _key(r): r["test_metric"] for r in _table(workspace)["cells"]
+    }
+    assert "[study 1/19]" in captured.err and "ran 1 of 19 runs" in captured.err  # progress, summary
 
 
 def test_an_interrupted_run_is_run_again_alone(workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -129,9 +145,9 @@ def test_an_interrupted_run_is_run_again_alone(workspace: Path, capsys: pytest.C
     capsys.readouterr()
     with chdir(workspace):
         assert main(["study", RECIPE.name]) == 0
-    out = capsys.readouterr().out
-    assert "ran 1 of 19 runs" in out
-    assert next(line for line in out.splitlines() if "random 50%" in line and "task-b" in line).endswith(
+    err = capsys.readouterr().err
+    assert "ran 1 of 19 runs" in err
+    assert next(line for line in err.splitlines() if "random 50%" in line and "task-b" in line).endswith(
         "random-50"
     )
     assert _run(cell)["metrics"]["test"]["accuracy"] == pytest.approx(expected["test"]["accuracy"])

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -47,15 +50,18 @@ def _add_report(sub: Any) -> None:
 
 def _study(args: argparse.Namespace) -> None:
     from prunebert.study import load_study, run_study
-    from prunebert.study.results import CSV_FILE, format_cells
+    from prunebert.study.results import CSV_FILE, format_cells, study_summary
 
     cfg = load_study(Path(args.recipe), Path(args.output_dir) if args.output_dir else None)
-    table = run_study(cfg)
-    print(format_cells(table["cells"]))
+    with contextlib.redirect_stdout(sys.stderr):  # the runs' Trainer log lines, like the progress
+        table = run_study(cfg)
+    print(format_cells(table["cells"]), file=sys.stderr)
     print(
         f"\n{len(table['cells'])} cells; ran {table['runs_executed']} of {table['runs_total']} runs "
-        f"(the rest were finished); results: {cfg.output_dir / CSV_FILE}"
+        f"(the rest were finished); results: {cfg.output_dir / CSV_FILE}",
+        file=sys.stderr,
     )
+    print(json.dumps(study_summary(table, cfg.output_dir), indent=2))  # stdout: the result alone
 
 
 def _report(args: argparse.Namespace) -> None:

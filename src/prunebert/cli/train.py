@@ -123,9 +123,11 @@ def _demo(args: argparse.Namespace) -> None:
     from prunebert.study.demo import SEEDS, format_table, run_demo
 
     seeds = tuple(args.seeds) if args.seeds else SEEDS
-    summary = run_demo(Path(args.output_dir), quick=args.quick, seeds=seeds)
-    print(format_table(summary["rows"]))
-    print(f"\nresults: {args.output_dir}/comparison.json")
+    with contextlib.redirect_stdout(sys.stderr):  # the stages' Trainer log lines, like the progress
+        summary = run_demo(Path(args.output_dir), quick=args.quick, seeds=seeds)
+    results = Path(args.output_dir) / "comparison.json"
+    print(format_table(summary["rows"]) + f"\n\nresults: {results}", file=sys.stderr)
+    print(json.dumps({"results": str(results), **summary}, indent=2))  # stdout: the result alone
 
 
 #: command -> (add its parser to the subcommands, run it)

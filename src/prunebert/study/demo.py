@@ -8,6 +8,7 @@ Each step is an ordinary stage run in its own directory; finished steps are skip
 from __future__ import annotations
 
 import statistics
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -87,11 +88,12 @@ def demo_plan(out: Path, quick: bool = False, seeds: Sequence[int] = SEEDS) -> l
 def run_demo(
     out: Path = Path("runs/demo"), quick: bool = False, seeds: Sequence[int] = SEEDS
 ) -> dict[str, Any]:
-    """Run (or resume) every step and write `comparison.json` + `comparison.md` into `out`."""
+    """Run (or resume) every step and write `comparison.json` + `comparison.md` into `out` (progress on
+    stderr)."""
     plan = demo_plan(out, quick, seeds)
     results = {}
     for i, (name, config) in enumerate(plan, 1):
-        print(f"[demo {i}/{len(plan)}] {name} -> {config.output_dir}", flush=True)
+        print(f"[demo {i}/{len(plan)}] {name} -> {config.output_dir}", file=sys.stderr, flush=True)
         results[name] = run_or_reuse(config)
     summary = summarize(results, seeds)
     summary["quick"] = quick

@@ -29,6 +29,7 @@ __all__ = [
     "final_train_loss",
     "format_cells",
     "mlm_row",
+    "study_summary",
     "write_tables",
 ]
 
@@ -165,6 +166,23 @@ def write_tables(root: Path, table: dict[str, Any]) -> None:
     write_json(root / JSON_FILE, table)
     with atomic_path(root / CSV_FILE) as tmp:
         tmp.write_text(_csv(table["cells"]))
+
+
+#: the columns of each cell in `prunebert study`'s JSON on stdout (results.json holds them all)
+SUMMARY_COLUMNS = FIRST_COLUMNS[:9]
+
+
+def study_summary(table: dict[str, Any], root: Path) -> dict[str, Any]:
+    """What `prunebert study` prints on stdout: the run counts, where the tables are, each cell's numbers."""
+    return {
+        "output_dir": str(root),
+        "results": str(root / JSON_FILE),
+        "results_csv": str(root / CSV_FILE),
+        "complete": table["complete"],
+        "runs_total": table["runs_total"],
+        "runs_executed": table["runs_executed"],
+        "cells": [{k: row.get(k) for k in SUMMARY_COLUMNS} for row in table["cells"]],
+    }
 
 
 def format_cells(rows: list[dict[str, Any]]) -> str:

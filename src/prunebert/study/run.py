@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
@@ -16,7 +17,7 @@ __all__ = ["run_study"]
 
 
 def run_study(cfg: StudyConfig) -> dict[str, Any]:
-    """Run (or reuse) every run of the grid, printing progress; returns the aggregate table."""
+    """Run (or reuse) every run of the grid, printing progress to stderr; returns the aggregate table."""
     plan = study_plan(cfg)
     out = cfg.output_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -28,7 +29,8 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
     for i, run in enumerate(plan.runs, 1):
         done = finished_run(run.config)
         note = " (finished: reused)" if done is not None else ""
-        print(f"[study {i}/{len(plan.runs)}] {run.label} -> {run.config.output_dir}{note}", flush=True)
+        line = f"[study {i}/{len(plan.runs)}] {run.label} -> {run.config.output_dir}{note}"
+        print(line, file=sys.stderr, flush=True)
         results[run.key] = run_stage(run.config) if done is None else done
         executed += done is None
         table = aggregate(cfg.model_dump(mode="json"), plan.cells, results, out)
