@@ -1,9 +1,10 @@
 """Load saved models as a transformers / sentence-transformers user would, with prunebert not importable.
 
-Run by tests/test_custom_code.py: `python custom_code_worker.py RESULTS SENTENCES_JSON DIR...`. For each
-model directory, with and without `trust_remote_code`: AutoModelForSequenceClassification logits on the
-padded batch of the sentences, the text-classification pipeline's class probabilities, and
-SentenceTransformer embeddings; a loader that raises records its error (type and message) instead.
+Run by tests/test_custom_code.py: `python custom_code_worker.py RESULTS SENTENCES_JSON PLAN_JSON`, the
+plan mapping each model directory to the loaders to run on it. Each loader runs with and without
+`trust_remote_code`: "auto" (AutoModelForSequenceClassification logits on the padded batch of the
+sentences), "pipeline" (the text-classification pipeline's class probabilities), "sentence-transformers"
+(SentenceTransformer embeddings); a loader that raises records its error (type and message) instead.
 Everything goes to RESULTS with torch.save.
 """
 
@@ -65,14 +66,15 @@ LOADERS: dict[str, Callable[[str, list[str], bool], torch.Tensor]] = {
 
 def main() -> None:
     sys.meta_path.insert(0, NoPrunebert())
-    results_path, sentences_path, *directories = sys.argv[1:]
+    results_path, sentences_path, plan_path = sys.argv[1:]
     sentences = json.loads(Path(sentences_path).read_text())
+    plan: dict[str, list[str]] = json.loads(Path(plan_path).read_text())
     results: dict[str, Any] = {}
-    for path in directories:
-        for loader, run in LOADERS.items():
+    for path, loaders in plan.items():
+        for loader in loaders:
             for trust in (True, False):
                 try:
-                    results[f"{path}|{loader}|{trust}"] = run(path, sentences, trust)
+                    results[f"{path}|{loader}|{trust}"] = LOADERS[loader](path, sentences, trust)
                 except Exception as exc:  # the refusal is the result
                     results[f"{path}|{loader}|{trust}"] = f"{type(exc).__name__}: {exc}"
     torch.save(results, results_path)

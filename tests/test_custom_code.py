@@ -5,6 +5,7 @@ built-in model, then loaded in a child process where `import prunebert` fails, b
 AutoModelForSequenceClassification, the text-classification pipeline and SentenceTransformer, with and
 without `trust_remote_code`. With it, outputs equal prunebert's own loader within 1e-5; without it, a
 model whose structure changed raises (never wrong outputs), and a plain checkpoint loads as before.
+Every kind runs on BERT; the main ones also on RoBERTa, DistilBERT and ELECTRA (AutoModel only).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from prunebert.pruner import Pruner
 from prunebert.sentence_modules import write_sentence_modules
 from prunebert.transforms.custom_code import MODELING_FILE, SOURCE
 from prunebert.transforms.fixed_attention import apply_fixed_attention
+from prunebert.transforms.hf_modeling import FAMILIES
 from prunebert.transforms.layer_skip import skip_layers
 from prunebert.transforms.saved_config import read_config
 from test_slim import _structured
@@ -71,33 +73,52 @@ KINDS: dict[str, tuple[Callable[[PreTrainedModel], Any], bool]] = {
 }
 
 
-def _save(kind: str, root: Path, tokenizer: PreTrainedTokenizerBase) -> Path:
-    """The kind's model saved as a run saves it (with sentence-transformers modules), slimmed if it says."""
+#: architectures besides BERT, and the kinds checked on each of them
+ARCHS = ("roberta", "distilbert", "electra")
+ARCH_KINDS = ("magnitude", "structured+slim", "layerdrop")
+#: model directory name -> (architecture, kind, loaders run on it)
+CASES: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    **{kind: ("bert", kind, LOADERS) for kind in KINDS},
+    **{f"{arch}-{kind}": (arch, kind, ("auto",)) for arch in ARCHS for kind in ARCH_KINDS},
+}
+PAIRS = [(name, loader) for name, (_, _, loaders) in CASES.items() for loader in loaders]
+
+
+def _tokenizer(arch: str, tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """The tiny tokenizer; DistilBERT's, like the real one, gives no token_type_ids (its forward has none)."""
+    if arch != "distilbert":
+        return tokenizer
+    names = ["input_ids", "attention_mask"]
+    return type(tokenizer).from_pretrained(tokenizer.name_or_path, model_input_names=names)
+
+
+def _save(name: str, root: Path, tokenizer: PreTrainedTokenizerBase) -> Path:
+    """The case's model saved as a run saves it (with sentence-transformers modules), slimmed if it says."""
+    arch, kind, _ = CASES[name]
     change, slim = KINDS[kind]
-    model = tiny_classifier(seed=1).eval()
+    model = tiny_classifier(arch, seed=1).eval()
     pruner = change(model)
-    directory = root / (kind.removesuffix("+slim") + "-run" if slim else kind)
-    save_pruned(model, tokenizer, pruner if isinstance(pruner, Pruner) else None, directory)
+    directory = root / (name.removesuffix("+slim") + "-run" if slim else name)
+    save_pruned(model, _tokenizer(arch, tokenizer), pruner if isinstance(pruner, Pruner) else None, directory)
     write_sentence_modules(directory, model.config.hidden_size, max_seq_length=64)
     if slim:  # the slimmed model keeps the source's sentence-transformers modules
-        run_slim(str(directory), root / kind)
-    return root / kind
+        run_slim(str(directory), root / name)
+    return root / name
 
 
 @torch.no_grad()
-def _reference(path: Path) -> dict[str, torch.Tensor]:
-    """prunebert's own outputs: logits, class probabilities, mean-pooled normalised embeddings."""
-    classifier = load_model(str(path), head="classification")
-    batch = classifier.tokenizer(SENTENCES, padding=True, return_tensors="pt")
-    logits = classifier.model.eval()(**batch).logits
-    hidden = load_model(str(path), head="base").model.eval()(**batch).last_hidden_state  # (N, T, H)
+def _reference(path: Path, loader: str) -> torch.Tensor:
+    """prunebert's own output: logits, class probabilities or mean-pooled normalised embeddings."""
+    head = "base" if loader == "sentence-transformers" else "classification"
+    loaded = load_model(str(path), head=head)
+    batch = loaded.tokenizer(SENTENCES, padding=True, return_tensors="pt")
+    output = loaded.model.eval()(**batch)
+    if loader != "sentence-transformers":
+        logits: torch.Tensor = output.logits
+        return logits.softmax(-1) if loader == "pipeline" else logits
     mask = batch["attention_mask"][..., None].float()
-    pooled = (hidden * mask).sum(1) / mask.sum(1)
-    return {
-        "auto": logits,
-        "pipeline": logits.softmax(-1),
-        "sentence-transformers": torch.nn.functional.normalize(pooled, dim=-1),
-    }
+    pooled = (output.last_hidden_state * mask).sum(1) / mask.sum(1)  # (N, T, H) -> (N, H)
+    return torch.nn.functional.normalize(pooled, dim=-1)
 
 
 @pytest.fixture(scope="module")
@@ -106,12 +127,14 @@ def loaded(
 ) -> tuple[dict[str, Path], dict[str, Any]]:
     """Every kind saved, then loaded by the worker with prunebert hidden: (kind -> dir, results)."""
     root = tmp_path_factory.mktemp("custom_code")
-    paths = {kind: _save(kind, root, tiny_tokenizer) for kind in KINDS}
+    paths = {name: _save(name, root, tiny_tokenizer) for name in CASES}
     (root / "sentences.json").write_text(json.dumps(SENTENCES))
+    plan = {str(paths[name]): list(loaders) for name, (_, _, loaders) in CASES.items()}
+    (root / "plan.json").write_text(json.dumps(plan))
     env = {**os.environ, "HF_MODULES_CACHE": str(root / "modules"), "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, str(WORKER), str(root / "results.pt"), str(root / "sentences.json")]
     done = subprocess.run(
-        [*command, *map(str, paths.values())],
+        [*command, str(root / "plan.json")],
         env=env,
         stdin=subprocess.DEVNULL,  # transformers asks on a terminal; without one it refuses
         capture_output=True,
@@ -123,49 +146,48 @@ def loaded(
     return paths, torch.load(root / "results.pt")
 
 
-@pytest.mark.parametrize("loader", LOADERS)
-@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize(("name", "loader"), PAIRS)
 def test_loads_with_trust_remote_code_as_prunebert_does(
-    kind: str, loader: str, loaded: tuple[dict[str, Path], dict[str, Any]]
+    name: str, loader: str, loaded: tuple[dict[str, Path], dict[str, Any]]
 ) -> None:
     paths, results = loaded
-    got = results[f"{paths[kind]}|{loader}|True"]
+    got = results[f"{paths[name]}|{loader}|True"]
     assert isinstance(got, torch.Tensor), got
-    expected = _reference(paths[kind])[loader]
+    expected = _reference(paths[name], loader)
     assert got.shape == expected.shape
     assert (got.float() - expected).abs().max().item() <= 1e-5
 
 
-@pytest.mark.parametrize("loader", LOADERS)
-@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize(("name", "loader"), PAIRS)
 def test_without_trust_remote_code_a_changed_structure_is_refused(
-    kind: str, loader: str, loaded: tuple[dict[str, Path], dict[str, Any]]
+    name: str, loader: str, loaded: tuple[dict[str, Path], dict[str, Any]]
 ) -> None:
     paths, results = loaded
-    got = results[f"{paths[kind]}|{loader}|False"]
-    if kind == "magnitude":  # shapes unchanged: a plain checkpoint, loaded as before
+    got = results[f"{paths[name]}|{loader}|False"]
+    if CASES[name][1] == "magnitude":  # shapes unchanged: a plain checkpoint, loaded as before
         assert isinstance(got, torch.Tensor), got
-        assert (got.float() - _reference(paths[kind])[loader]).abs().max().item() <= 1e-5
+        assert (got.float() - _reference(paths[name], loader)).abs().max().item() <= 1e-5
     else:
         assert isinstance(got, str) and got.startswith("ValueError"), got
         assert "contains custom code" in got and "trust_remote_code=True" in got, got
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
-def test_saved_layout(kind: str, loaded: tuple[dict[str, Path], dict[str, Any]]) -> None:
-    path = loaded[0][kind]
+@pytest.mark.parametrize("name", list(CASES))
+def test_saved_layout(name: str, loaded: tuple[dict[str, Path], dict[str, Any]]) -> None:
+    path, (arch, kind, _) = loaded[0][name], CASES[name]
     config = json.loads((path / "config.json").read_text())
     assert (path / "modules.json").is_file() and (path / "1_Pooling" / "config.json").is_file()
     if kind == "magnitude":
-        assert config["model_type"] == "bert" and "auto_map" not in config
+        assert config["model_type"] == arch and "auto_map" not in config
         assert not (path / MODELING_FILE).exists()
         return
+    stem = FAMILIES[arch][0]
     assert filecmp.cmp(path / MODELING_FILE, SOURCE, shallow=False)  # the package's file, verbatim
-    assert config["model_type"] == "prunebert-bert"
-    assert config["architectures"] == ["PrunebertBertForSequenceClassification"]
-    assert config["auto_map"]["AutoModel"] == "modeling_prunebert.PrunebertBertModel"
+    assert config["model_type"] == f"prunebert-{arch}"
+    assert config["architectures"] == [f"Prunebert{stem}ForSequenceClassification"]
+    assert config["auto_map"]["AutoModel"] == f"modeling_prunebert.Prunebert{stem}Model"
     plain = read_config(path)
-    assert plain.model_type == "bert" and plain.architectures == ["BertForSequenceClassification"]
+    assert plain.model_type == arch and plain.architectures == [f"{stem}ForSequenceClassification"]
 
 
 def test_shipped_file_imports_only_torch_and_transformers() -> None:
