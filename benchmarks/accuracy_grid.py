@@ -3,9 +3,9 @@
 For each task (the built-in rotten-tomatoes and reuters-r8, whole training split):
 - dense minilm-l6 fine-tuned with seeds 0 and 1: the denominator is their mean test accuracy;
 - from the dense seed-0 model (student and teacher): the named recipes `gmp-80/90/95` (GMP*: gradual
-  global magnitude, one-shot initial step, LR rewinding, KD from the dense model) and the same recipe with
-  `obs` (oBERT) at 80 / 90 / 95%, movement and soft movement at 90% on the same recipe, a second seed of
-  gmp-90;
+  global magnitude, one-shot initial step, LR rewinding, KD from the dense model) and `obert-80/90/95`
+  (the same recipe with `obs`, oBERT), movement and soft movement at 90% on the GMP* recipe, a second seed
+  of obert-90;
 - the naive baseline at 90%: one-shot layer-wise magnitude of the dense model, then plain fine-tuning with
   the mask fixed for the same number of epochs as the recipes, no distillation.
 
@@ -48,7 +48,7 @@ CELLS: tuple[tuple[str, float, int], ...] = (
     ("gmp", 0.95, 0),
     ("movement", 0.9, 0),
     ("soft_movement", 0.9, 0),
-    ("gmp", 0.9, 1),
+    ("obs", 0.9, 1),
     ("obs", 0.8, 0),
     ("obs", 0.95, 0),
 )
@@ -63,7 +63,8 @@ def recipe_for(arm: str, sparsity: float, seed: int, task: str, runs: Path) -> d
     if arm == "dense":
         return {**base, "model": "minilm-l6", "train": {**DENSE_TRAIN, "save_steps": 200}}
     dense = str(Path(recipe_for("dense", 0.0, 0, task, runs)["output_dir"]) / "model")
-    shipped = yaml.safe_load(named_recipes()[f"gmp-{round(sparsity * 100)}"].path.read_text())
+    family = "obert" if arm == "obs" else "gmp"  # movement and soft movement on the GMP* recipe
+    shipped = yaml.safe_load(named_recipes()[f"{family}-{round(sparsity * 100)}"].path.read_text())
     shipped.pop("start_from", None)
     recipe = {**shipped, **base, "model": dense}
     recipe["train"] = {**shipped["train"], "save_steps": 200}
