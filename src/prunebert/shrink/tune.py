@@ -13,7 +13,7 @@ one layer per layer, not a model pass per layer.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,9 +53,13 @@ def _bias(out: nn.Linear) -> torch.Tensor:
     return out.bias if out.bias is not None else torch.zeros(out.weight.shape[0])
 
 
-def _add(total: System | None, system: System) -> System:
-    """One more batch's normal equations added to those so far (None: none yet)."""
-    return system if total is None else (total[0] + system[0], total[1] + system[1], total[2] + system[2])
+def _summed(systems: Iterable[System]) -> System:
+    """The normal equations of every batch added up (there must be at least one batch)."""
+    total: System | None = None
+    for ata, atb, btb in systems:
+        total = (ata, atb, btb) if total is None else (total[0] + ata, total[1] + atb, total[2] + btb)
+    assert total is not None
+    return total
 
 
 def _teacher(
@@ -78,7 +82,7 @@ def _teacher(
     return targets, outputs
 
 
-def _attention_system(
+def _attention_systems(
     model: nn.Module,
     g: LayerGroups,
     calls: Sequence[LayerCall],
@@ -86,27 +90,23 @@ def _attention_system(
     targets: list[torch.Tensor],
     kept: torch.Tensor,
     first: bool,
-) -> System:
-    """Normal equations for the scales of the kept heads of layer g on the student's states."""
+) -> Iterator[System]:
+    """Per batch, normal equations for the scales of the kept heads of layer g on the student's states."""
     layer = encoder_layers(model)[1][g.layer]
     out = _module(model, g.heads.output.name)
     d = g.heads.group_size
     weight = out.weight.view(out.weight.shape[0], -1, d)[:, kept]  # (D, K, d)
     bias = _bias(out)
     seen: dict[str, torch.Tensor] = {}
-    total: System | None = None
     for call, h, target in zip(calls, hidden, targets, strict=True):
         with captured(out, seen, "ctx", stop=True), contextlib.suppress(Stop):
             run_layer(layer, h, call)
         ctx = _select(seen["ctx"], call, first)  # (N, H*d)
         per_head = torch.einsum("nkd,ekd->kne", ctx.view(ctx.shape[0], -1, d)[:, kept], weight)
-        system = head_system(per_head, target - bias - _select(h, call, first))
-        total = _add(total, system)
-    assert total is not None
-    return total
+        yield head_system(per_head, target - bias - _select(h, call, first))
 
 
-def _ffn_system(
+def _ffn_systems(
     model: nn.Module,
     g: LayerGroups,
     calls: Sequence[LayerCall],
@@ -115,15 +115,14 @@ def _ffn_system(
     kept: torch.Tensor,
     first: bool,
     head_gates: torch.Tensor,
-) -> System:
-    """Normal equations for the scales of the kept neurons of layer g, its heads already tuned."""
+) -> Iterator[System]:
+    """Per batch, normal equations for the scales of the kept neurons of layer g, its heads already tuned."""
     layer = encoder_layers(model)[1][g.layer]
     out = _module(model, g.neurons.output.name)
     weight = out.weight[:, kept]  # (D, K)
     bias = _bias(out)
     ffn_in = model.get_submodule(g.neurons.inputs[0].name)
     seen: dict[str, torch.Tensor] = {}
-    total: System | None = None
     for call, h, target in zip(calls, hidden, targets, strict=True):
         with (
             gated(model, [g], {g.layer: head_gates}, {}),
@@ -133,10 +132,7 @@ def _ffn_system(
         ):
             run_layer(layer, h, call)
         acts = _select(seen["acts"], call, first)[:, kept]
-        system = neuron_system(acts, weight, target - bias - _select(seen["res"], call, first))
-        total = _add(total, system)
-    assert total is not None
-    return total
+        yield neuron_system(acts, weight, target - bias - _select(seen["res"], call, first))
 
 
 def _solve(system: System, damp: float, kind: str, layer: int) -> tuple[torch.Tensor | None, dict[str, Any]]:
@@ -177,14 +173,14 @@ def tune_scales(
         targets, teacher_next = _teacher(model, g, calls, teacher, first)
         heads, neurons = keep_heads[g.layer].nonzero().flatten(), keep_neurons[g.layer].nonzero().flatten()
         if len(heads):
-            system = _attention_system(model, g, calls, student, targets.attention, heads, first)
+            system = _summed(_attention_systems(model, g, calls, student, targets.attention, heads, first))
             scales, line = _solve(system, damp, "attention", g.layer)
             report.append(line)
             if scales is not None:
                 head_scales[g.layer, heads] = scales
         if len(neurons):
             gates = head_scales[g.layer].float()
-            system = _ffn_system(model, g, calls, student, targets.ffn, neurons, first, gates)
+            system = _summed(_ffn_systems(model, g, calls, student, targets.ffn, neurons, first, gates))
             scales, line = _solve(system, damp, "ffn", g.layer)
             report.append(line)
             if scales is not None:
