@@ -93,7 +93,10 @@ def build_workspace(root: Path, tokenizer: PreTrainedTokenizerBase) -> Path:
     return ws
 
 
-def _ft(ws: Path, *extra: str, model: str = "tiny-mlm", task: str = "task.csv", out: str = OUT) -> list[str]:
+def _ft(
+    ws: Path, *extra: str, model: str = "tiny-mlm", task: str = "task.csv", out: str = OUT, max_steps: int = 2
+) -> list[str]:
+    """`prunebert finetune` of `model` on `task` into `out` (in `ws`) for `max_steps` steps, then `extra`."""
     return [
         "finetune",
         "--model",
@@ -103,7 +106,7 @@ def _ft(ws: Path, *extra: str, model: str = "tiny-mlm", task: str = "task.csv", 
         "--output_dir",
         str(ws / out),
         "--train.max_steps",
-        "2",
+        str(max_steps),
         "--max_seq_length",
         "16",
         *extra,
@@ -206,8 +209,11 @@ def run_cli(argv: list[str]) -> tuple[int, str]:
     return status, err.getvalue()
 
 
-def _output_dir(argv: list[str]) -> Path:
-    return Path(argv[argv.index("--output_dir") + 1])
+def _output_dir(argv: list[str]) -> Path | None:
+    """The directory `prunebert ARGV` writes to (None if it writes none)."""
+    if "--output_dir" in argv:
+        return Path(argv[argv.index("--output_dir") + 1])
+    return Path(argv[2]) if argv[0] in ("compress", "decompress", "slim") else None
 
 
 def _snapshot(directory: Path) -> dict[str, bytes] | None:
@@ -219,9 +225,10 @@ def _snapshot(directory: Path) -> dict[str, bytes] | None:
     }
 
 
-def assert_one_line_error(argv: list[str], expected: str, out: Path | None) -> None:
+def assert_one_line_error(argv: list[str], expected: str) -> None:
     """`prunebert ARGV` exits 2 with one `prunebert: error: problem; fix` line naming `expected`, no
-    traceback, and leaves `out` (when given) as it was."""
+    traceback, and leaves its output directory (if it has one) as it was."""
+    out = _output_dir(argv)
     before = _snapshot(out) if out is not None else None
     status, err = run_cli(argv)
     lines = err.strip().splitlines()
@@ -248,6 +255,5 @@ def workspace(
 def test_bad_input_is_one_line_error_and_the_output_dir_is_untouched(
     workspace: Path, argv: Callable[[Path], list[str]], expected: str
 ) -> None:
-    args = argv(workspace)
-    assert_one_line_error(args, expected, _output_dir(args))
+    assert_one_line_error(argv(workspace), expected)
     assert not (workspace / "unpickled").exists()

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from prunebert.cli import main
 from prunebert.deploy.slim_job import run_slim
 from prunebert.model_card import CARD_FILE, model_card
 from prunebert.models import save_pruned
+from prunebert.pruner import Pruner
 from prunebert.sentence_modules import write_sentence_modules
 from prunebert.stages.common import RESULTS_FILE, RunDir
 from prunebert.transforms.slim import slim_model
@@ -38,17 +39,25 @@ def _front_matter(card: str) -> dict:
     return yaml.safe_load(card.split("---\n")[1])
 
 
+def _finished_run(
+    root: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pruner: Pruner | None
+) -> RunDir:
+    """A run of RECIPE as it finishes: `model` saved (with `pruner`'s masks) as a sentence model, RESULTS."""
+    run = RunDir(root)
+    run.prepare(RECIPE)
+    run.create()
+    save_pruned(model, tokenizer, pruner, run.model)
+    write_sentence_modules(run.model, 32)
+    run.write_results(RESULTS)
+    return run
+
+
 def test_a_finished_run_puts_card_recipe_and_results_in_its_model_dir(
     tmp_path: Path, tiny_tokenizer: PreTrainedTokenizerBase
 ) -> None:
-    run = RunDir(tmp_path / "run")
-    run.prepare(RECIPE)
-    run.create()
     model = tiny_classifier()
     _structured(model).bake()
-    save_pruned(slim_model(model), tiny_tokenizer, None, run.model)
-    write_sentence_modules(run.model, 32)
-    run.write_results(RESULTS)
+    run = _finished_run(tmp_path / "run", slim_model(model), tiny_tokenizer, None)
 
     assert yaml.safe_load((run.model / "recipe.yaml").read_text()) == RECIPE
     saved = json.loads((run.model / RESULTS_FILE).read_text())
@@ -79,13 +88,8 @@ def test_a_plain_checkpoint_card_loads_without_remote_code() -> None:
 def test_a_slimmed_run_keeps_the_record_and_says_what_slimming_removed(
     tmp_path: Path, tiny_tokenizer: PreTrainedTokenizerBase
 ) -> None:
-    run = RunDir(tmp_path / "run")
-    run.prepare(RECIPE)
-    run.create()
     model = tiny_classifier()
-    save_pruned(model, tiny_tokenizer, _structured(model), run.model)  # pruned, not yet slimmed
-    write_sentence_modules(run.model, 32)
-    run.write_results(RESULTS)
+    run = _finished_run(tmp_path / "run", model, tiny_tokenizer, _structured(model))  # pruned, not slimmed
     summary = run_slim(str(run.root), tmp_path / "slim")
 
     out = tmp_path / "slim"
