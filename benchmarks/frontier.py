@@ -27,7 +27,7 @@ import argparse
 import json
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -142,9 +142,17 @@ def export_once(args: argparse.Namespace, model_dir: Path, out: Path, fmt: str) 
     if done is not None and (out / EXPORT_FILE).is_file():
         return dict(json.loads((out / EXPORT_FILE).read_text()))
     recipe = settings(args)
-    options = ExportOptions(str(model_dir), str(out), fmt, int8=True, calibration=recipe["task"])
-    full_test = {"eval_examples": None, "max_length": recipe["max_seq_length"], "seed": recipe["seed"]}
-    manifest = export_model(replace(options, **full_test), overwrite=True)
+    options = ExportOptions(
+        model=str(model_dir),
+        out=str(out),
+        format=fmt,
+        int8=True,
+        calibration=recipe["task"],
+        eval_examples=None,  # the whole test split
+        max_length=recipe["max_seq_length"],
+        seed=recipe["seed"],
+    )
+    manifest = export_model(options, overwrite=True)
     write_json(stamp, {"weights_stamp": weights_stamp(model_dir)})
     return manifest
 
@@ -193,7 +201,7 @@ def bench_once(args: argparse.Namespace, models: dict[str, str], kind: str) -> d
     """One `prunebert bench` of `models` (the first is the baseline), or the saved one of the same run."""
     path = args.output.with_name(f"{args.output.stem}_bench_{kind}.json")
     bench = bench_settings(args)
-    wanted = json.loads(json.dumps({**asdict(bench), "variants": list(VARIANTS)}))
+    wanted = {**bench.model_dump(mode="json"), "variants": list(VARIANTS)}
     names = {spec: name for name, spec in models.items()}
     if path.is_file():
         old = json.loads(path.read_text())
@@ -334,7 +342,7 @@ def table_settings(args: argparse.Namespace, teacher: Path) -> dict[str, Any]:
         "teacher": str(teacher),
         "points": [p.name for p in args.points],
         "accuracy": {"split": "test", "examples": "all", "max_length": settings(args)["max_seq_length"]},
-        "bench": json.loads(json.dumps(asdict(bench_settings(args)))),
+        "bench": bench_settings(args).model_dump(mode="json"),
         "reference": None if args.skip_bert_base else {"size": args.bert_size, **SIZES[args.bert_size]},
     }
 

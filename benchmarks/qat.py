@@ -31,7 +31,9 @@ TASK = "rotten-tomatoes"
 
 def _export(model: str, out: Path, qat_scales: bool) -> dict[str, Any]:
     """int8 ONNX of `model` scored on the whole test split; the manifest's accuracies and int8 method."""
-    options = ExportOptions(model, str(out), "onnx", True, TASK, eval_examples=None, qat_scales=qat_scales)
+    options = ExportOptions(
+        model=model, out=str(out), int8=True, calibration=TASK, eval_examples=None, qat_scales=qat_scales
+    )
     manifest = export_model(options, overwrite=True)
     scores = manifest["accuracy"]["scores"]
     return {

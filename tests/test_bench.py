@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from pydantic import ValidationError
 from transformers import BertModel, PreTrainedTokenizerBase
 
 from prunebert.cli import main
@@ -131,7 +132,37 @@ def test_bench_cli_writes_json_and_table(
 def test_bench_refuses_bad_settings(models: list[str]) -> None:
     with pytest.raises(PrunebertError, match="unknown bench variant"):
         run_bench(models, BenchSettings(variants=("torch-fp8",)))
-    with pytest.raises(PrunebertError, match="rounds"):
+    with pytest.raises(ValidationError, match="rounds"):
         BenchSettings(rounds=0)
     with pytest.raises(PrunebertError, match="sequence length"):
         run_bench(models[:1], BenchSettings(variants=("torch",), seq_len=4096, rounds=1, iters=1))
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        (
+            ["--rounds", "0"],
+            "bad value for 'rounds': Input should be greater than or equal to 1 (got 0); fix --rounds",
+        ),
+        (["--batch-sizes", "1,0"], "fix --batch-sizes"),
+        (["--csr-threshold", "-1"], "bad value for 'csr.threshold'"),
+        (["--seq-len", "long"], "fix --seq-len"),
+        (["--openvino-precision", "f16"], "fix --openvino-precision"),
+    ],
+)
+def test_bad_bench_options_are_one_line_errors(
+    options: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["bench", "no-such-model", *options]) == 2  # refused before any model is read
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("prunebert: error: ") and expected in err and "\n" not in err
+
+
+def test_bench_help_is_the_settings_descriptions(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for field in ("rounds", "disturbance", "openvino_precision"):
+        assert BenchSettings.model_fields[field].description in text
+    assert "(default: 5)" in text and "(default: [1, 8])" in text and "{f32,bf16}" in text

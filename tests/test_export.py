@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 from transformers import AutoModel, AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
 from conftest import TINY_WORDS
@@ -110,7 +111,9 @@ def _assert_u8s8(graph: Any) -> None:
 def test_onnx_classifier_matches_pytorch_and_int8_is_scored(workspace: Path, tmp_path: Path) -> None:
     out = tmp_path / "onnx"
     task = str(workspace / "task.csv")
-    manifest = export_model(ExportOptions(str(workspace / "bert-cls"), str(out), "onnx", True, task))
+    manifest = export_model(
+        ExportOptions(model=str(workspace / "bert-cls"), out=str(out), int8=True, calibration=task)
+    )
     assert manifest["check"]["max_abs_diff"] <= 1e-4
     assert manifest["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
     assert set(manifest["files"]) == {"model.onnx", "model.int8.onnx"}
@@ -143,7 +146,7 @@ def test_onnx_export_runs_in_a_child_process(
         raise AssertionError("torch.onnx.export ran in the calling process")
 
     monkeypatch.setattr(torch.onnx, "export", forbidden)
-    manifest = export_model(ExportOptions(str(workspace / "distil"), str(tmp_path / "o"), "onnx"))
+    manifest = export_model(ExportOptions(model=str(workspace / "distil"), out=str(tmp_path / "o")))
     assert manifest["inputs"] == ["input_ids", "attention_mask"] and manifest["output"] == "last_hidden_state"
     assert manifest["int8"] is None and "--calibration" in manifest["accuracy_note"]
     x = _inputs(manifest["inputs"], 3, 17, 2)
@@ -153,7 +156,7 @@ def test_onnx_export_runs_in_a_child_process(
 
 @needs_onnx
 def test_slimmed_model_exports_and_matches(workspace: Path, tmp_path: Path) -> None:
-    manifest = export_model(ExportOptions(str(workspace / "slim"), str(tmp_path / "o"), "onnx"))
+    manifest = export_model(ExportOptions(model=str(workspace / "slim"), out=str(tmp_path / "o")))
     slim = load_model(str(workspace / "slim"), "classification").model.eval()
     assert slim.bert.encoder.layer[1].intermediate.dense.out_features == 24  # really smaller
     x = _inputs(manifest["inputs"], 2, 19, 4)
@@ -187,11 +190,32 @@ def test_openvino_from_torch_matches_and_int8_is_calibrated(workspace: Path, tmp
     assert "FakeQuantize" in (out / "openvino_model.int8.xml").read_text()
 
 
-def test_bad_export_requests_are_one_line_errors(workspace: Path, tmp_path: Path) -> None:
-    with pytest.raises(PrunebertError, match="unknown export format"):
-        ExportOptions("m", "o", "tflite")
-    with pytest.raises(PrunebertError, match="--int8"):
-        ExportOptions("m", "o", "onnx", calibration="rotten-tomatoes")
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        (["--format", "tflite"], "bad value for 'format': Input should be 'onnx' or 'openvino'"),
+        (["--calibration", "rotten-tomatoes"], "--calibration only applies to int8; add --int8"),
+        (["--int8", "--calibration-examples", "0"], "fix --calibration-examples"),
+        (["--eval-split", "validation"], "fix --eval-split"),
+    ],
+)
+def test_bad_export_options_are_one_line_errors(
+    options: list[str], expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["export", "m", str(tmp_path / "o"), *options]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("prunebert: error: ") and expected in err and "\n" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_options_reach_the_child_as_json() -> None:
+    options = ExportOptions(model="m", out="o", format="openvino", int8=True, calibration="t", opset=17)
+    assert ExportOptions.model_validate_json(options.model_dump_json()) == options
+    with pytest.raises(ValidationError, match="only applies to int8"):
+        ExportOptions(model="m", out="o", calibration="t")
+
+
+def test_a_full_output_directory_is_left_alone(workspace: Path, tmp_path: Path) -> None:
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("keep me")
     assert main(["export", str(workspace / "bert-cls"), str(tmp_path / "full")]) == 2
@@ -200,7 +224,7 @@ def test_bad_export_requests_are_one_line_errors(workspace: Path, tmp_path: Path
 
 def test_errors_are_one_line_before_and_after_the_child(tmp_path: Path) -> None:
     with pytest.raises(PrunebertError, match=r"no config\.json") as info:  # caught before any child starts
-        export_model(ExportOptions(str(tmp_path), str(tmp_path / "out"), "onnx"))
+        export_model(ExportOptions(model=str(tmp_path), out=str(tmp_path / "out")))
     assert "\n" not in str(info.value) and not (tmp_path / "out").exists()
     child_log = (
         "Traceback ...\nprunebert: error: onnx outputs differ from PyTorch by 1e-2 > 1e-4; report it\n"
@@ -218,6 +242,6 @@ def test_exporting_a_qa_model_says_its_head_is_not_exported(
 
     AutoModelForQuestionAnswering.from_config(tiny_config()).save_pretrained(tmp_path / "qa")
     tiny_tokenizer.save_pretrained(tmp_path / "qa")
-    manifest = export_model(ExportOptions(str(tmp_path / "qa"), str(tmp_path / "o"), "onnx"))
+    manifest = export_model(ExportOptions(model=str(tmp_path / "qa"), out=str(tmp_path / "o")))
     assert manifest["output"] == "last_hidden_state"
     assert "BertForQuestionAnswering" in manifest["head_note"] and "not exported" in manifest["head_note"]

@@ -45,3 +45,18 @@ def test_features_and_auto_precision_follow_the_cpu_flags(
         assert resolve_precision("fp32") == "fp32" and resolve_precision("bf16") == "bf16"
     finally:
         hardware._cpuinfo.cache_clear()
+
+
+def test_environment_records_versions_machine_and_threads(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _fake_cpu(monkeypatch, tmp_path, "avx2 avx512f")
+    try:
+        env = hardware.environment()
+        assert {"prunebert", "torch", "transformers"} <= set(env["versions"])
+        assert set(env["versions"]) <= set(hardware.PACKAGES)  # runtimes only where installed
+        assert env["cpu"] == "Test CPU" and env["cpu_features"] == ["AVX2", "AVX-512"]
+        assert env["threads"] == torch.get_num_threads() and hardware.environment(3)["threads"] == 3
+        assert {"python", "machine", "cpu_count", "time"} <= set(env)
+    finally:
+        hardware._cpuinfo.cache_clear()

@@ -1,12 +1,22 @@
-"""What this machine's CPU computes natively: the facts speed results and the training precision depend on."""
+"""The machine a result was produced on: what its CPU computes natively (the facts speed results and the
+training precision depend on), and the versions and settings recorded beside every result."""
 
 from __future__ import annotations
 
 import functools
+import importlib.metadata
+import os
 import platform
+import time
 from pathlib import Path
+from typing import Any
 
-__all__ = ["ISA_FLAGS", "cpu_features", "cpu_name", "native_bf16"]
+import torch
+
+__all__ = ["ISA_FLAGS", "PACKAGES", "cpu_features", "cpu_name", "environment", "native_bf16", "versions"]
+
+#: packages whose versions a result records; those not installed (the optional runtimes) are left out
+PACKAGES = ("prunebert", "torch", "transformers", "onnx", "onnxscript", "onnxruntime", "openvino", "nncf")
 
 #: /proc/cpuinfo flags that decide CPU inference and training speed, by the name results report
 ISA_FLAGS = {
@@ -51,3 +61,28 @@ def native_bf16() -> bool:
     trains in fp32 there.
     """
     return bool({"avx512_bf16", "amx_bf16"} & _cpuinfo()[1])
+
+
+def versions() -> dict[str, str]:
+    """The installed versions of `PACKAGES`."""
+    found = {}
+    for name in PACKAGES:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def environment(threads: int | None = None) -> dict[str, Any]:
+    """Versions and machine facts that make a result reproducible; `threads`: torch's own unless given."""
+    return {
+        "versions": versions(),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu": cpu_name(),
+        "cpu_features": cpu_features(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads() if threads is None else threads,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }

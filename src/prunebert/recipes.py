@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -22,6 +23,7 @@ from prunebert.recipe_library import resolve_recipe
 __all__ = [
     "StrictModel",
     "add_config_options",
+    "add_field_option",
     "config_from_args",
     "dump_recipe",
     "load_recipe",
@@ -77,15 +79,42 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type[BaseModel], pr
         if sub is not None:
             add_config_options(parser, sub, f"{prefix}{name}.")
             continue
-        choices = _choices(field.annotation)
-        parser.add_argument(
-            f"--{prefix}{name}",
-            dest=f"{_PREFIX}{prefix}{name}",
-            default=argparse.SUPPRESS,
-            metavar="{" + ",".join(choices) + "}" if choices else "VALUE",
-            choices=_Suggested(choices) if choices else None,
-            help=f"{field.description or ''} ({_default_text(field)})".replace("%", "%%"),
-        )
+        _add_option(parser, field, f"{prefix}{name}", (f"--{prefix}{name}",), {})
+
+
+def add_field_option(
+    parser: argparse.ArgumentParser, cls: type[BaseModel], dotted: str, *flags: str, **extra: Any
+) -> None:
+    """Add one option, named `flags`, for the field `dotted` of `cls` (e.g. `csr.threshold`); its help is the
+    field's description and default. `extra` goes to argparse (`type`, `metavar`, or an `action` such as
+    `store_const` for a flag that takes no value). `config_from_args` reads it back."""
+    *parents, name = dotted.split(".")
+    model: type[BaseModel] | None = cls
+    for part in parents:
+        model = _submodel(model.model_fields[part].annotation) if model is not None else None
+    if model is None or name not in model.model_fields:
+        raise KeyError(f"{cls.__name__} has no field {dotted!r}")
+    _add_option(parser, model.model_fields[name], dotted, flags, extra)
+
+
+def _add_option(
+    parser: argparse.ArgumentParser,
+    field: FieldInfo,
+    dotted: str,
+    flags: tuple[str, ...],
+    extra: dict[str, Any],
+) -> None:
+    """The option `flags` setting `dotted`: help from the field, the field's default while it is absent."""
+    choices = _choices(field.annotation)
+    kwargs: dict[str, Any] = {
+        "dest": f"{_PREFIX}{dotted}",
+        "default": argparse.SUPPRESS,
+        "help": f"{field.description or ''} ({_default_text(field)})".replace("%", "%%"),
+    }
+    if "action" not in extra:  # a flag that takes no value (`store_const`) has neither
+        kwargs["metavar"] = "{" + ",".join(choices) + "}" if choices else "VALUE"
+        kwargs["choices"] = _Suggested(choices) if choices else None
+    parser.add_argument(*flags, **kwargs | extra)
 
 
 class _Suggested(tuple[str, ...]):
@@ -111,6 +140,8 @@ def _readable(value: Any) -> str:
         return str(value)
     if isinstance(value, BaseModel):
         value = value.model_dump(mode="json")
+    if isinstance(value, tuple):
+        value = list(value)
     if isinstance(value, str):
         return value
     if isinstance(value, int | float) and not isinstance(value, bool):
@@ -151,15 +182,20 @@ def _field_annotation(cls: type[BaseModel], dotted: str) -> Any:
     return annotation
 
 
-def config_from_args(cls: type[C], args: argparse.Namespace) -> C:
-    """Recipe (`args.recipe`: a file or a shipped recipe's name) overridden by explicit options, validated as
-    `cls`."""
+def config_from_args(
+    cls: type[C], args: argparse.Namespace, flags: Mapping[str, str] | None = None, **given: Any
+) -> C:
+    """Recipe (`args.recipe`: a file or a shipped recipe's name) and `given` values (e.g. positional
+    arguments) overridden by explicit options, validated as `cls`; `flags` as in `validate_recipe`."""
     recipe = load_recipe(resolve_recipe(args.recipe)) if getattr(args, "recipe", None) else {}
+    recipe.update(given)
     for key, raw in vars(args).items():
         if not key.startswith(_PREFIX):
             continue
         dotted = key[len(_PREFIX) :]
-        value = raw if _is_text(_field_annotation(cls, dotted)) else _option_value(dotted, raw)
+        # text as typed, argparse's own values (`type=`, `store_const`) as they are, the rest read as YAML
+        verbatim = not isinstance(raw, str) or _is_text(_field_annotation(cls, dotted))
+        value = raw if verbatim else _option_value(dotted, raw)
         node = recipe
         *parents, leaf = dotted.split(".")
         for part in parents:
@@ -167,7 +203,7 @@ def config_from_args(cls: type[C], args: argparse.Namespace) -> C:
                 node[part] = {}
             node = node[part]
         node[leaf] = value
-    return validate_recipe(cls, recipe)
+    return validate_recipe(cls, recipe, flags)
 
 
 def _option_value(dotted: str, raw: str) -> Any:
@@ -182,20 +218,36 @@ def _option_value(dotted: str, raw: str) -> Any:
         ) from None
 
 
-def validate_recipe(cls: type[C], recipe: dict[str, Any]) -> C:
-    """Validate a recipe dict; the first problem becomes a one-line error naming key and fix."""
+def validate_recipe(cls: type[C], recipe: dict[str, Any], flags: Mapping[str, str] | None = None) -> C:
+    """Validate a recipe dict; the first problem becomes a one-line error naming key and fix.
+
+    `flags` maps a dotted key to the command-line option that sets it where the command has no recipe
+    (`{"csr.threshold": "--csr-threshold"}`); the fix then names that option. A rule between the fields of
+    `cls` itself (a model validator) is reported in its own words.
+    """
     try:
         return cls.model_validate(recipe)
     except ValidationError as exc:
         first = exc.errors()[0]
-        key = ".".join(str(p) for p in first["loc"]) or "(recipe)"
+        key = ".".join(str(p) for p in first["loc"])
+        if not key:  # a rule between fields of `cls`: its message names them (and mostly the fix)
+            message = first["msg"].removeprefix("Value error, ")
+            fix = "" if "; " in message else "; fix the recipe or the options"
+            raise PrunebertError(message + fix) from None
         if first["type"] == "extra_forbidden":
             known = ", ".join(_known_keys(cls, first["loc"][:-1]))
             raise PrunebertError(f"unknown recipe key {key!r}; known keys here: {known}") from None
+        fix = f"fix it in the recipe or pass --{key} VALUE"
+        if flags is not None and _field_key(key) in flags:
+            fix = f"fix {flags[_field_key(key)]}"
         raise PrunebertError(
-            f"bad value for {key!r}: {first['msg']} (got {first.get('input')!r}); "
-            f"fix it in the recipe or pass --{key} VALUE"
+            f"bad value for {key!r}: {first['msg']} (got {first.get('input')!r}); {fix}"
         ) from None
+
+
+def _field_key(key: str) -> str:
+    """`batch_sizes.1` (an item of a list field) -> `batch_sizes`."""
+    return ".".join(part for part in key.split(".") if not part.isdigit())
 
 
 def _known_keys(cls: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:

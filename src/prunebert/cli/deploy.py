@@ -7,7 +7,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from prunebert.cli.train import Command
+from prunebert.deploy.bench import BenchSettings
+from prunebert.deploy.export import ExportOptions
+from prunebert.recipes import add_field_option, config_from_args
 
 __all__ = ["COMMANDS"]
 
@@ -42,25 +47,64 @@ def _add_decompress(sub: Any) -> None:
     decompress.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT")
 
 
+#: a command's options that set fields of its settings model: flag -> (dotted field, argparse extras)
+Options = dict[str, tuple[str, dict[str, Any]]]
+
+_EXPORT_OPTIONS: Options = {
+    "--format": ("format", {}),
+    "--int8": ("int8", {"action": "store_const", "const": True}),
+    "--calibration": ("calibration", {"metavar": "TASK"}),
+    "--calibration-examples": ("calibration_examples", {}),
+    "--ignore-qat": (
+        "qat_scales",
+        {
+            "action": "store_const",
+            "const": False,
+            "help": "quantize a QAT model as any other (calibrated or dynamic), not with its trained input "
+            "ranges",
+        },
+    ),
+    "--eval-split": ("eval_split", {}),
+    "--eval-examples": ("eval_examples", {}),
+    "--max-length": ("max_length", {}),
+    "--opset": ("opset", {}),
+}
+
+_BENCH_OPTIONS: Options = {
+    "--baseline": ("baseline", {"metavar": "MODEL"}),
+    "--variants": ("variants", {"type": _names, "metavar": "VARIANT,..."}),
+    "--batch-sizes": ("batch_sizes", {"type": _ints, "metavar": "B,..."}),
+    "--seq-len": ("seq_len", {}),
+    "--rounds": ("rounds", {}),
+    "--iters": ("iters", {}),
+    "--warmup": ("warmup", {}),
+    "--threads": ("threads", {}),
+    "--disturbance": ("disturbance", {}),
+    "--csr-threshold": ("csr.threshold", {}),
+    "--csr-min-sparsity": ("csr.min_sparsity", {}),
+    "--calibration": ("calibration", {"metavar": "TASK"}),
+    "--openvino-precision": ("openvino_precision", {}),
+    "--openvino-sparse-rate": ("openvino_sparse_rate", {}),
+    "--seed": ("seed", {}),
+}
+
+
+def _add_options(parser: argparse.ArgumentParser, cls: type[BaseModel], options: Options) -> None:
+    """`options` on `parser`, each with its field's description and default as help."""
+    for flag, (dotted, extra) in options.items():
+        add_field_option(parser, cls, dotted, flag, **extra)
+
+
+def _flags(options: Options) -> dict[str, str]:
+    """Dotted field -> the option that sets it (what a bad value's error names)."""
+    return {dotted: flag for flag, (dotted, _) in options.items()}
+
+
 def _add_export(sub: Any) -> None:
     export = sub.add_parser("export", help="export to ONNX or OpenVINO (optionally int8), checked vs PyTorch")
-    export.add_argument("model", help="built-in name, model directory or prunebert run directory")
-    export.add_argument("out", help="directory to write")
-    export.add_argument("--format", choices=("onnx", "openvino"), default="onnx")
-    export.add_argument("--int8", action="store_true", help="also write an int8 model")
-    export.add_argument("--calibration", metavar="TASK", help="calibrate int8 on TASK and measure accuracy")
-    export.add_argument(
-        "--calibration-examples", type=int, default=300, help="training examples to calibrate on"
-    )
-    export.add_argument(
-        "--ignore-qat",
-        action="store_true",
-        help="quantize a QAT model as any other (calibrated or dynamic), not with its trained input ranges",
-    )
-    export.add_argument("--eval-split", default="test", choices=("train", "dev", "test"))
-    export.add_argument("--eval-examples", type=int, default=1000, help="examples to measure accuracy on")
-    export.add_argument("--max-length", type=int, default=128, help="tokens per calibration/eval example")
-    export.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    export.add_argument("model", help=ExportOptions.model_fields["model"].description)
+    export.add_argument("out", help=ExportOptions.model_fields["out"].description)
+    _add_options(export, ExportOptions, _EXPORT_OPTIONS)
     export.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     export.add_argument("--verbose", action="store_true", help="show the export child process's log")
     export.add_argument("--json", action="store_true", help="print the manifest as JSON")
@@ -69,62 +113,16 @@ def _add_export(sub: Any) -> None:
 def _add_bench(sub: Any) -> None:
     bench = sub.add_parser("bench", help="latency ratios to a dense baseline measured in one run")
     bench.add_argument("models", nargs="+", metavar="MODEL", help="models to time")
-    bench.add_argument(
-        "--baseline", help="dense model whose torch fp32 latency is 1.0 (default: first MODEL)"
-    )
-    bench.add_argument(
-        "--variants",
-        type=_names,
-        default=None,
-        help="comma-separated: torch, torch-bf16, torch-int8, torch-csr, torch-csr+int8, onnxruntime, "
-        "onnxruntime-int8, openvino, openvino-int8 (default: torch,onnxruntime,openvino where installed)",
-    )
-    bench.add_argument("--batch-sizes", type=_ints, default=(1, 8), help="comma-separated (default 1,8)")
-    bench.add_argument("--seq-len", type=int, default=128)
-    bench.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
-    bench.add_argument("--iters", type=int, default=10, help="timed calls per runner per round")
-    bench.add_argument("--warmup", type=int, default=2, help="untimed calls per runner before round 1")
-    bench.add_argument("--threads", type=int, default=None, help="default: torch.get_num_threads()")
-    bench.add_argument(
-        "--disturbance", type=float, default=0.2, help="discard rounds whose baseline strays more"
-    )
-    bench.add_argument(
-        "--csr-threshold", type=float, default=1.1, help="swap a layer to CSR if this much faster"
-    )
-    bench.add_argument("--csr-min-sparsity", type=float, default=0.5, help="only probe layers this sparse")
-    bench.add_argument(
-        "--calibration", metavar="TASK", help="calibrate int8 exports on TASK (else data-free)"
-    )
-    bench.add_argument("--openvino-precision", choices=("f32", "bf16"), default="f32")
-    bench.add_argument(
-        "--openvino-sparse-rate", type=float, default=None, help="OpenVINO sparse int8 kernels"
-    )
-    bench.add_argument("--seed", type=int, default=0)
+    _add_options(bench, BenchSettings, _BENCH_OPTIONS)
     bench.add_argument("--json-out", type=Path, help="write the full results JSON here")
     bench.add_argument("--json", action="store_true", help="print JSON instead of the table")
 
 
 def _bench(args: argparse.Namespace) -> None:
-    from prunebert.deploy.bench import BenchSettings, format_bench, run_bench
-    from prunebert.deploy.torch_variants import CSRSettings
+    from prunebert.deploy.bench import format_bench, run_bench
     from prunebert.io import write_json
 
-    settings = BenchSettings(
-        variants=args.variants,
-        baseline=args.baseline,
-        batch_sizes=args.batch_sizes,
-        seq_len=args.seq_len,
-        rounds=args.rounds,
-        iters=args.iters,
-        warmup=args.warmup,
-        threads=args.threads,
-        disturbance=args.disturbance,
-        csr=CSRSettings(threshold=args.csr_threshold, min_sparsity=args.csr_min_sparsity),
-        calibration=args.calibration,
-        openvino_precision=args.openvino_precision,
-        openvino_sparse_rate=args.openvino_sparse_rate,
-        seed=args.seed,
-    )
+    settings = config_from_args(BenchSettings, args, _flags(_BENCH_OPTIONS))
     result = run_bench(list(args.models), settings)
     if args.json_out is not None:
         write_json(args.json_out, result)
@@ -132,21 +130,10 @@ def _bench(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from prunebert.deploy.export import ExportOptions, export_model, format_export
+    from prunebert.deploy.export import export_model, format_export
 
-    options = ExportOptions(
-        model=args.model,
-        out=args.out,
-        format=args.format,
-        int8=args.int8,
-        calibration=args.calibration,
-        calibration_examples=args.calibration_examples,
-        eval_split=args.eval_split,
-        eval_examples=args.eval_examples,
-        max_length=args.max_length,
-        opset=args.opset,
-        qat_scales=not args.ignore_qat,
-    )
+    flags = _flags(_EXPORT_OPTIONS)
+    options = config_from_args(ExportOptions, args, flags, model=args.model, out=args.out)
     manifest = export_model(options, overwrite=args.overwrite, quiet=not args.verbose)
     print(json.dumps(manifest, indent=2) if args.json else format_export(manifest))
 

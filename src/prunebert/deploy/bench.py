@@ -15,22 +15,21 @@ Static facts per model: parameters, nonzero parameters, analytic encoder FLOPs, 
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
-import platform
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
+from pydantic import ConfigDict, Field
 from torch import nn
 
 from prunebert.deploy.bench_runners import (
     DEFAULT_VARIANTS,
+    VARIANTS,
     BuiltRunner,
     RunnerFactory,
     RunnerSettings,
@@ -39,6 +38,8 @@ from prunebert.deploy.bench_runners import (
 from prunebert.deploy.inference import weight_bytes
 from prunebert.deploy.torch_variants import CSRSettings
 from prunebert.errors import PrunebertError
+from prunebert.hardware import environment
+from prunebert.recipes import StrictModel
 from prunebert.targets import ENCODER_ROLES, role_modules
 from prunebert.transforms.lowrank import matmul_size
 
@@ -47,34 +48,42 @@ __all__ = ["BenchSettings", "encoder_flops", "format_bench", "run_bench", "summa
 BASELINE_VARIANT = "torch"
 
 
-@dataclass(frozen=True)
-class BenchSettings:
+class BenchSettings(StrictModel):
     """What `run_bench` measures and how; every field is a `prunebert bench` option."""
 
-    variants: tuple[str, ...] | None = None  # None: torch, onnxruntime, openvino where installed
-    baseline: str | None = None  # None: the first model
-    batch_sizes: tuple[int, ...] = (1, 8)
-    seq_len: int = 128
-    rounds: int = 5
-    iters: int = 10
-    warmup: int = 2
-    threads: int | None = None  # None: torch.get_num_threads()
-    disturbance: float = 0.2
-    csr: CSRSettings = field(default_factory=CSRSettings)
-    calibration: str | None = None
-    openvino_precision: str = "f32"
-    openvino_sparse_rate: float | None = None
-    seed: int = 0
+    model_config = ConfigDict(frozen=True)
 
-    def __post_init__(self) -> None:
-        if self.rounds < 1 or self.iters < 1 or self.warmup < 0 or not self.batch_sizes:
-            raise PrunebertError("rounds and iters must be >= 1, warmup >= 0, and batch sizes non-empty")
-        if min(self.batch_sizes) < 1 or self.seq_len < 1:
-            raise PrunebertError("batch sizes and --seq-len must be >= 1")
-        if self.disturbance <= 0:
-            raise PrunebertError("--disturbance must be > 0 (a fraction: 0.2 = 20%)")
-        if self.openvino_precision not in ("f32", "bf16"):
-            raise PrunebertError("--openvino-precision must be f32 or bf16")
+    variants: tuple[str, ...] | None = Field(
+        None,
+        description=f"what to time, comma-separated from {', '.join(VARIANTS)} (null: "
+        f"{', '.join(DEFAULT_VARIANTS)} where installed)",
+    )
+    baseline: str | None = Field(
+        None, description="dense model whose torch fp32 latency is 1.0 (null: the first MODEL)"
+    )
+    batch_sizes: tuple[Annotated[int, Field(ge=1)], ...] = Field(
+        (1, 8), min_length=1, description="batch sizes to time, comma-separated"
+    )
+    seq_len: int = Field(128, ge=1, description="tokens per sequence")
+    rounds: int = Field(5, ge=1, description="interleaved rounds")
+    iters: int = Field(10, ge=1, description="timed calls per runner per round")
+    warmup: int = Field(2, ge=0, description="untimed calls per runner before round 1")
+    threads: int | None = Field(None, ge=1, description="threads to run with (null: torch.get_num_threads())")
+    disturbance: float = Field(
+        0.2, gt=0, description="discard rounds whose baseline strays more than this fraction from its median"
+    )
+    csr: CSRSettings = Field(default_factory=CSRSettings, description="how torch-csr variants pick layers")
+    calibration: str | None = Field(
+        None, description="task to calibrate int8 exports on (null: data-free int8)"
+    )
+    openvino_precision: Literal["f32", "bf16"] = Field("f32", description="OpenVINO's inference precision")
+    openvino_sparse_rate: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="OpenVINO's sparse int8 kernels for layers at least this sparse (null: off; AMX CPUs)",
+    )
+    seed: int = Field(0, description="seed of the timed inputs and the calibration sample")
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -182,31 +191,6 @@ def _model_facts(factory: RunnerFactory, spec: str, seq_len: int) -> dict[str, A
     }
 
 
-def _environment(threads: int, load_before: tuple[float, ...]) -> dict[str, Any]:
-    cpu = platform.processor()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        cpu = next(
-            (ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines() if "model name" in ln),
-            cpu,
-        )
-    versions = {}
-    for name in ("torch", "transformers", "onnxruntime", "openvino", "nncf"):
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "threads": threads,
-        "load_average_before": list(load_before),
-        "load_average_after": list(os.getloadavg()),
-        "versions": versions,
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
-
-
 def run_bench(models: list[str], settings: BenchSettings) -> dict[str, Any]:
     """Measure every model x variant against the baseline, batch size by batch size; returns the JSON."""
     if not models:
@@ -244,8 +228,12 @@ def run_bench(models: list[str], settings: BenchSettings) -> dict[str, Any]:
         "models": facts,
         "results": results,
         "skipped": skipped,
-        "settings": {**asdict(settings), "variants": variants},
-        "environment": _environment(threads, load_before),
+        "settings": {**settings.model_dump(mode="json"), "variants": variants},
+        "environment": {
+            **environment(threads),
+            "load_average_before": list(load_before),
+            "load_average_after": list(os.getloadavg()),
+        },
     }
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from prunebert.deploy.export import FILES, ExportOptions, export_model
+from prunebert.deploy.export import FILES, ExportOptions, Format, export_model
 from prunebert.deploy.inference import InferenceModel, example_inputs, load_inference_model
 from prunebert.deploy.runtimes import Runner, available, onnxruntime_runner, openvino_runner, torch_runner
 from prunebert.deploy.torch_variants import TORCH_VARIANTS, CSRSettings, prepare_torch_variant
@@ -23,7 +23,7 @@ from prunebert.errors import PrunebertError
 
 __all__ = ["EXPORT_VARIANTS", "VARIANTS", "RunnerFactory", "RunnerSettings", "check_variants"]
 
-EXPORT_VARIANTS = {
+EXPORT_VARIANTS: dict[str, tuple[Format, bool]] = {
     "onnxruntime": ("onnx", False),
     "onnxruntime-int8": ("onnx", True),
     "openvino": ("openvino", False),
@@ -44,7 +44,7 @@ def check_variants(names: list[str], explicit: bool) -> tuple[list[str], list[di
         raise PrunebertError(f"unknown bench variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
     kept, skipped = [], []
     for name in dict.fromkeys(names):
-        needs = ExportOptions("-", "-", *EXPORT_VARIANTS[name]).needs() if name in EXPORT_VARIANTS else ()
+        needs = _needs(*EXPORT_VARIANTS[name]) if name in EXPORT_VARIANTS else ()
         missing = [m for m in needs if not available(m)]
         if missing and explicit:
             from prunebert.deploy.runtimes import require
@@ -55,6 +55,11 @@ def check_variants(names: list[str], explicit: bool) -> tuple[list[str], list[di
         else:
             kept.append(name)
     return kept, skipped
+
+
+def _needs(fmt: Format, int8: bool) -> tuple[str, ...]:
+    """The modules an export to `fmt` imports."""
+    return ExportOptions(model="-", out="-", format=fmt, int8=int8).needs()
 
 
 @dataclass(frozen=True)
@@ -132,7 +137,7 @@ class RunnerFactory:
             info["calibration"] = manifest["calibration"] or "none (data-free)"
         return BuiltRunner(run, info)
 
-    def _export(self, spec: str, fmt: str) -> dict[str, Any]:
+    def _export(self, spec: str, fmt: Format) -> dict[str, Any]:
         """Export `spec` to `fmt` once (with its int8 twin if any int8 variant of `fmt` is wanted)."""
         if (spec, fmt) not in self._exports:
             int8 = any(EXPORT_VARIANTS[v] == (fmt, True) for v in self.variants if v in EXPORT_VARIANTS)

@@ -24,18 +24,22 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import asdict, dataclass
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import ConfigDict, Field, model_validator
 
 from prunebert.deploy.inference import refuse_compressed
 from prunebert.deploy.runtimes import require
 from prunebert.errors import PrunebertError
 from prunebert.models import load_config
+from prunebert.recipes import StrictModel
 
-__all__ = ["EXPORT_FILE", "FILES", "FORMATS", "ExportOptions", "export_model", "format_export"]
+__all__ = ["EXPORT_FILE", "FILES", "FORMATS", "ExportOptions", "Format", "export_model", "format_export"]
 
-FORMATS = ("onnx", "openvino")
+Format = Literal["onnx", "openvino"]
+FORMATS: tuple[str, ...] = typing.get_args(Format)
 EXPORT_FILE = "prunebert_export.json"
 #: (format, int8) -> the model file inside the export directory
 FILES = {
@@ -46,34 +50,44 @@ FILES = {
 }
 
 
-@dataclass(frozen=True)
-class ExportOptions:
+class ExportOptions(StrictModel):
     """What to export and how; JSON-serialisable so the child process receives exactly this."""
 
-    model: str
-    out: str
-    format: str = "onnx"
-    int8: bool = False
-    calibration: str | None = None  # task: built-in name, hub name or local file/dir
-    calibration_examples: int = 300
-    eval_split: str = "test"
-    eval_examples: int | None = 1000  # None: the whole split
-    measure_accuracy: bool = True  # with a calibration task and a classifier
-    max_length: int = 128
-    opset: int | None = None
-    tolerance: float = 1e-4
-    seed: int = 0
-    qat_scales: bool = True  # a QAT model's int8 ONNX uses its trained input ranges; False: as any model
+    model_config = ConfigDict(frozen=True)
 
-    def __post_init__(self) -> None:
-        if self.format not in FORMATS:
-            raise PrunebertError(f"unknown export format {self.format!r}; choose from {', '.join(FORMATS)}")
+    model: str = Field(description="built-in name, model directory or prunebert run directory")
+    out: str = Field(description="directory to write")
+    format: Format = Field("onnx", description="ONNX (run by ONNX Runtime) or OpenVINO IR")
+    int8: bool = Field(False, description="also write an int8 model")
+    calibration: str | None = Field(
+        None,
+        description="task (built-in name, hub name or local file/dir) to calibrate int8 on and measure "
+        "accuracy with (null: data-free int8, no accuracy)",
+    )
+    calibration_examples: int = Field(300, ge=1, description="training examples to calibrate on")
+    eval_split: Literal["train", "dev", "test"] = Field("test", description="split to measure accuracy on")
+    eval_examples: int | None = Field(
+        1000, ge=1, description="examples to measure accuracy on (null: the whole split)"
+    )
+    measure_accuracy: bool = Field(
+        True,
+        description="score PyTorch and every exported model on the task (with calibration, a classifier)",
+    )
+    max_length: int = Field(128, ge=1, description="tokens per calibration/eval example")
+    opset: int | None = Field(None, ge=1, description="ONNX opset (null: the exporter's)")
+    tolerance: float = Field(1e-4, gt=0, description="largest |difference| from PyTorch the export passes")
+    seed: int = Field(0, description="seed of the check inputs and the calibration sample")
+    qat_scales: bool = Field(
+        True,
+        description="a QAT model's int8 ONNX uses its trained input ranges (false: calibrated or dynamic, "
+        "as any other model)",
+    )
+
+    @model_validator(mode="after")
+    def _calibration_needs_int8(self) -> ExportOptions:
         if self.calibration is not None and not self.int8:
-            raise PrunebertError("--calibration only applies to int8; add --int8 or drop --calibration")
-        if self.calibration_examples < 1 or (self.eval_examples is not None and self.eval_examples < 1):
-            raise PrunebertError("calibration and evaluation example counts must be >= 1")
-        if self.eval_split not in ("train", "dev", "test"):
-            raise PrunebertError(f"eval split {self.eval_split!r} is not one of train, dev, test")
+            raise ValueError("--calibration only applies to int8; add --int8 or drop --calibration")
+        return self
 
     def needs(self) -> tuple[str, ...]:
         """Modules this export imports."""
@@ -90,7 +104,7 @@ def export_model(options: ExportOptions, overwrite: bool = False, quiet: bool = 
     out = Path(options.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise PrunebertError(f"{out} exists and is not empty; pass a new directory or --overwrite")
-    command = [sys.executable, "-m", "prunebert.deploy.export_worker", json.dumps(asdict(options))]
+    command = [sys.executable, "-m", "prunebert.deploy.export_worker", options.model_dump_json()]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(command, capture_output=quiet, text=True, env=env, check=False)
     if proc.returncode != 0:

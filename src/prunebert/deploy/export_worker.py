@@ -6,8 +6,6 @@ Run as `python -m prunebert.deploy.export_worker '<ExportOptions as JSON>'`; a P
 
 from __future__ import annotations
 
-import importlib.metadata
-import json
 import os
 import shutil
 import sys
@@ -15,7 +13,6 @@ import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +36,7 @@ from prunebert.deploy.runtimes import (
     torch_runner,
 )
 from prunebert.errors import PrunebertError
+from prunebert.hardware import versions
 from prunebert.io import move_into_place, write_json
 from prunebert.metrics import compute_metrics
 
@@ -271,8 +269,8 @@ def _export_into(options: ExportOptions, model: InferenceModel, tmp: Path, out: 
         "calibration": options.calibration,
         "accuracy": accuracy,
         "accuracy_note": note,
-        "options": asdict(options),
-        "versions": _versions(options.format),
+        "options": options.model_dump(mode="json"),
+        "versions": versions(),
     }
     write_json(tmp / EXPORT_FILE, manifest)
     return manifest
@@ -302,22 +300,11 @@ def _bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in [path, *companions] if p.is_file())
 
 
-def _versions(fmt: str) -> dict[str, str]:
-    names = ["torch", "transformers"] + (["onnx", "onnxruntime"] if fmt == "onnx" else ["openvino", "nncf"])
-    versions = {}
-    for name in names:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return versions
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the child process."""
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        options = ExportOptions(**json.loads(args[0]))
+        options = ExportOptions.model_validate_json(args[0])
         run_export(options)
     except PrunebertError as exc:
         print(f"prunebert: error: {exc}", file=sys.stderr)

@@ -16,24 +16,27 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from pydantic import ConfigDict, Field
 from torch import nn
 
 from prunebert.deploy.sparse_linear import probes_as_dicts, swap_csr_linears
 from prunebert.errors import PrunebertError
+from prunebert.recipes import StrictModel
 
 __all__ = ["TORCH_VARIANTS", "CSRSettings", "parse_variant", "prepare_torch_variant", "quantize_int8"]
 
 TORCH_VARIANTS = ("fp32", "bf16", "int8", "csr", "csr+int8")
 
 
-@dataclass(frozen=True)
-class CSRSettings:
+class CSRSettings(StrictModel):
     """How `csr` variants pick layers: swap where dense/CSR time >= threshold, probing layers this sparse."""
 
-    threshold: float = 1.1
-    min_sparsity: float = 0.5
-    repeats: int = 5
-    force: bool = False  # swap every candidate without timing (tests)
+    model_config = ConfigDict(frozen=True)
+
+    threshold: float = Field(1.1, gt=0, description="swap a layer to CSR if it is this many times faster")
+    min_sparsity: float = Field(0.5, ge=0, le=1, description="only probe layers at least this sparse")
+    repeats: int = Field(5, ge=1, description="timed calls per layer and kernel when probing")
+    force: bool = Field(False, description="swap every probed layer without timing (tests)")
 
 
 def parse_variant(name: str) -> tuple[bool, str]:

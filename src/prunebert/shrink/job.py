@@ -21,7 +21,7 @@ import torch
 from prunebert.deploy.bench import BenchSettings, run_bench
 from prunebert.deploy.slim_job import run_slim
 from prunebert.errors import PrunebertError
-from prunebert.hardware import cpu_features, cpu_name
+from prunebert.hardware import cpu_features, cpu_name, environment
 from prunebert.io import write_json
 from prunebert.models import load_model
 from prunebert.shrink.api import ShrinkSettings, shrink
@@ -191,7 +191,7 @@ def run_shrink(model: str, cfg: ShrinkConfig, overwrite: bool = False) -> dict[s
     if cfg.bench:
         report["measured"] = _bench(model, out / "model", cfg, threads)
     report["wall_seconds"] = time.perf_counter() - wall
-    report["environment"] = {"cpu": cpu_name(), "cpu_features": cpu_features(), "threads": threads}
+    report["environment"] = environment(threads)
     write_json(out / REPORT_FILE, report)
     return report
 

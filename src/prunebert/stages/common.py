@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import math
-import platform
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -27,7 +24,7 @@ from prunebert.callback import PruningCallback, log_pruning_first, trackers
 from prunebert.config import PruningConfig
 from prunebert.distributed import gather_strings, is_main_process, mask_digest
 from prunebert.errors import PrunebertError
-from prunebert.hardware import cpu_features, cpu_name, native_bf16
+from prunebert.hardware import environment, native_bf16
 from prunebert.io import atomic_path, lock_dir, read_yaml, unlock_dir, write_json
 from prunebert.model_card import write_model_record
 from prunebert.models import save_pruned
@@ -41,6 +38,7 @@ __all__ = [
     "RunDir",
     "TrainConfig",
     "check_schedule",
+    "environment",
     "mean_loss_per_batch",
     "pruning_callbacks",
     "resolve_precision",
@@ -308,20 +306,6 @@ def _check_writable(root: Path) -> None:
         raise PrunebertError(
             f"cannot write to {existing} ({exc.strerror}); pass a writable --output_dir"
         ) from None
-
-
-def environment() -> dict[str, str]:
-    """Versions and machine facts that make a result reproducible."""
-    versions = {pkg: importlib.metadata.version(pkg) for pkg in ("prunebert", "torch", "transformers")}
-    return {
-        **versions,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "cpu": cpu_name(),
-        "cpu_features": " ".join(cpu_features()),
-        "threads": str(torch.get_num_threads()),
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
 
 
 def sparsity_report(pruner: Pruner | None) -> dict[str, Any]:

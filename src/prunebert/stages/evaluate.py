@@ -19,10 +19,11 @@ from prunebert.data.qa_features import best_answers
 from prunebert.data.spec import QAConfig, TaskSpec
 from prunebert.distributed import is_main_process
 from prunebert.errors import PrunebertError
+from prunebert.hardware import environment
 from prunebert.io import write_json
 from prunebert.metrics import compute_metrics, squad_scores
 from prunebert.models import Head, load_model
-from prunebert.stages.common import TrainConfig, environment, training_arguments
+from prunebert.stages.common import TrainConfig, training_arguments
 
 __all__ = [
     "EvaluateConfig",
