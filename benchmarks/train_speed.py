@@ -8,7 +8,7 @@ of the per-round ratio to fp32 at the default thread count (so load that changes
 Accuracy (--accuracy): full dense fine-tunes (3 epochs, whole training split) in fp32 and in each faster
 configuration, seeds 0 and 1: test accuracy per seed, so a difference can be read against the seed spread.
 
-    .venv/bin/python benchmarks/train_speed.py                 # speed, both tasks (~10 min, a quiet machine)
+    .venv/bin/python benchmarks/train_speed.py                 # speed, both tasks (~30 min, a quiet machine)
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/train_speed.py --part accuracy --configs fp32 auto
         # 4 full fine-tunes of rotten-tomatoes (~1 h on one core; timing-free, so it may share the machine)
         # into results/train_speed_accuracy.json
@@ -17,6 +17,7 @@ configuration, seeds 0 and 1: test accuracy per seed, so a difference can be rea
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import tempfile
@@ -35,13 +36,17 @@ from prunebert.stages.runner import run_or_reuse
 from results_table import write_results  # benchmarks/results_table.py: the script's folder is on sys.path
 
 ROOT = Path(__file__).resolve().parent
-#: name -> (precision, torch threads or 0 for torch's default)
-CONFIGS: dict[str, tuple[str, int]] = {
-    "fp32": ("fp32", 0),
-    "auto": ("auto", 0),
-    "fp32-1thread": ("fp32", 1),
-    "auto-1thread": ("auto", 1),
+#: name -> (precision, torch threads or 0 for torch's default, extra: "" | "fused" | "compile")
+CONFIGS: dict[str, tuple[str, int, str]] = {
+    "fp32": ("fp32", 0, ""),
+    "auto": ("auto", 0, ""),
+    "fp32-1thread": ("fp32", 1, ""),
+    "auto-1thread": ("auto", 1, ""),
+    # tried, not adopted (opt in with --configs): the fused AdamW kernel, torch.compile of the forward
+    "auto-fused": ("auto", 0, "fused"),
+    "auto-compile": ("auto", 0, "compile"),
 }
+DEFAULT_CONFIGS = ("fp32", "auto", "fp32-1thread", "auto-1thread")
 BASELINE = "fp32"
 
 
@@ -59,8 +64,12 @@ class StepTimer(TrainerCallback):
             self.end, self.steps = time.perf_counter(), state.global_step - self.warmup
 
 
-def steps_per_second(task: str, precision: str, threads: int, steps: int, warmup: int) -> float:
-    """Optimizer steps per second of a dense fine-tune of minilm-l6 on `task`, as the stage trains it."""
+def steps_per_second(
+    task: str, precision: str, threads: int, steps: int, warmup: int, extra: str = ""
+) -> float:
+    """Optimizer steps per second of a dense fine-tune of minilm-l6 on `task`, as the stage trains it;
+    `extra`: "fused" uses torch's fused AdamW, "compile" runs the forward through `torch.compile` (its
+    compilation falls in the warm-up steps, recompilations for new lengths in the timed ones)."""
     default_threads = torch.get_num_threads()
     torch.set_num_threads(threads or default_threads)
     try:
@@ -73,10 +82,15 @@ def steps_per_second(task: str, precision: str, threads: int, steps: int, warmup
         data = cfg.load(cfg.seed, None)
         loaded = load_model("minilm-l6", head="classification", num_labels=data.num_labels)
         timer = StepTimer(warmup)
+        if extra == "compile":
+            loaded.model.forward = torch.compile(loaded.model.forward, dynamic=True)  # type: ignore[method-assign]
         with tempfile.TemporaryDirectory() as out:
+            args = training_arguments(cfg.train, Path(out), cfg.seed)
+            if extra == "fused":
+                args = dataclasses.replace(args, optim="adamw_torch_fused")
             trainer = Trainer(
                 model=loaded.model,
-                args=training_arguments(cfg.train, Path(out), cfg.seed),
+                args=args,
                 train_dataset=cfg.features(data, loaded.tokenizer)["train"],
                 data_collator=DataCollatorWithPadding(loaded.tokenizer),
                 callbacks=[timer],
@@ -95,8 +109,8 @@ def speed(tasks: list[str], configs: list[str], rounds: int, steps: int, warmup:
         measured: dict[str, list[float]] = {name: [] for name in configs}
         for r in range(rounds):
             for name in configs:
-                precision, threads = CONFIGS[name]
-                measured[name].append(steps_per_second(task, precision, threads, steps, warmup))
+                precision, threads, extra = CONFIGS[name]
+                measured[name].append(steps_per_second(task, precision, threads, steps, warmup, extra))
                 print(f"[speed] {task} round {r} {name}: {measured[name][-1]:.3f} steps/s", flush=True)
         for name in configs:
             ratios = [a / b for a, b in zip(measured[name], measured[BASELINE], strict=True)]
@@ -106,6 +120,7 @@ def speed(tasks: list[str], configs: list[str], rounds: int, steps: int, warmup:
                     "config": name,
                     "precision": resolve_precision(CONFIGS[name][0]),
                     "threads": CONFIGS[name][1] or torch.get_num_threads(),
+                    "extra": CONFIGS[name][2] or None,
                     "steps_per_s": measured[name],
                     "speedup_vs_fp32": statistics.median(ratios),
                 }
@@ -163,7 +178,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--tasks", nargs="+", default=["rotten-tomatoes", "reuters-r8"])
-    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=40, help="timed optimizer steps per measurement")
     parser.add_argument("--warmup", type=int, default=5)
@@ -197,9 +212,11 @@ def main() -> None:
     }
     rows = []
     if args.part in ("speed", "both"):
-        rows += speed(args.tasks, args.configs, args.rounds, args.steps, args.warmup)
+        for task in args.tasks:  # written task by task, so an interrupted run keeps what it measured
+            rows += speed([task], args.configs, args.rounds, args.steps, args.warmup)
+            write_results(output, name, settings, rows, False, started)
     if args.part in ("accuracy", "both"):
-        precisions = sorted({CONFIGS[config][0] for config in args.configs})
+        precisions = sorted({CONFIGS[config][0] for config in args.configs if not CONFIGS[config][2]})
         rows += [{"accuracy": True, **row} for row in accuracy(precisions, args.seeds, args.runs, args.reuse)]
     write_results(output, name, settings, rows, True, started)
     print(json.dumps(rows, indent=1))

@@ -34,7 +34,9 @@ def workspace(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: PreTrain
     return write_workspace(tmp_path_factory.mktemp("crash"), tiny_tokenizer)
 
 
-def _argv(stage: str, ws: Path, run: Path, steps: int, save_steps: int, method: str) -> list[str]:
+def _argv(
+    stage: str, ws: Path, run: Path, steps: int, save_steps: int, method: str, precision: str = "fp32"
+) -> list[str]:
     data = stage_data_args(stage, ws)
     return [
         stage,
@@ -51,6 +53,8 @@ def _argv(stage: str, ws: Path, run: Path, steps: int, save_steps: int, method: 
         method,
         "--pruning.frequency",
         "5",
+        "--train.precision",
+        precision,
         *FAST,
     ]
 
@@ -91,20 +95,25 @@ def _kill_after_first_checkpoint(argv: list[str], checkpoints: Path) -> None:
     assert proc.returncode == -signal.SIGKILL, f"run ended before it could be killed: {err.decode()[-2000:]}"
 
 
-@pytest.mark.parametrize(("stage", "method"), [("pretrain", "movement"), ("finetune", "rpp")])
+@pytest.mark.parametrize(
+    ("stage", "method", "precision"),
+    [("pretrain", "movement", "fp32"), ("finetune", "rpp", "fp32"), ("finetune", "obs", "bf16")],
+)
 def test_sigkill_then_same_command_ends_bit_identical(
-    workspace: Path, tmp_path: Path, stage: str, method: str
+    workspace: Path, tmp_path: Path, stage: str, method: str, precision: str
 ) -> None:
+    """bf16 autocast (fp32 master weights, what `auto` picks on CPUs with native bf16) resumes as exactly."""
     ref, cut = tmp_path / "ref", tmp_path / "cut"
-    assert main(_argv(stage, workspace, ref, 60, 10, method)) == 0
+    assert main(_argv(stage, workspace, ref, 60, 10, method, precision)) == 0
 
-    argv = _argv(stage, workspace, cut, 60, 10, method)
+    argv = _argv(stage, workspace, cut, 60, 10, method, precision)
     _kill_after_first_checkpoint(argv, cut / "checkpoints")
     assert not (cut / "results.json").exists()
     assert last_complete(cut / "checkpoints") is not None
 
     assert main(argv) == 0  # the same command resumes
     _assert_same_run(ref, cut)
+    assert json.loads((cut / "results.json").read_text())["train"]["precision"] == precision
     assert len(list((cut / "checkpoints").glob("checkpoint-*"))) == 2  # save_total_limit, all complete
     assert all(is_complete(p) for p in (cut / "checkpoints").glob("checkpoint-*"))
 
