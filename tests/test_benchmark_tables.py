@@ -106,3 +106,23 @@ def test_methods_grid_records_resolved_options_and_reruns_cells_recorded_without
     rows.append(_row("rpp", 0.5, grid))  # recorded with today's resolved options
     grid.write_table(args, rows, {}, 0.0)
     assert set(grid.committed_rows(args)) == {("dense", 0.0), ("magnitude", 0.9), ("rpp", 0.5)}
+
+
+def test_accuracy_grid_table_says_the_sparsity_a_cell_reached_when_it_missed_the_target(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import accuracy_grid
+
+    def cell(arm: str, target: float, reached: float, accuracy: float) -> dict[str, Any]:
+        return {
+            "task": "rotten-tomatoes", "arm": arm, "sparsity": target, "seed": 0, "test_accuracy": accuracy,
+            "ratio_to_dense": accuracy / 0.8, "achieved_sparsity": reached,
+        }  # fmt: skip
+
+    table = tmp_path / "grid.json"
+    cells = [cell("obs", 0.9, 0.9000000188, 0.81), cell("soft_movement", 0.9, 0.537, 0.826)]
+    table.write_text(json.dumps({"cells": cells}))
+    rows = accuracy_grid.markdown_table(table).splitlines()
+    assert "| obs | 90% | 81.0% (1.012) | not run yet |" in rows
+    assert "| soft_movement | 90% | 82.6% (1.032) at 53.7% sparsity | not run yet |" in rows
