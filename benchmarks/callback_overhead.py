@@ -40,6 +40,7 @@ from transformers import (
 )
 
 from prunebert import Pruner, PruningCallback, PruningConfig
+from prunebert.hardware import cpu_name
 from shapes import ENCODER_SHAPES  # benchmarks/shapes.py: the script's folder is on sys.path
 
 SIZES = {name: ENCODER_SHAPES[name] for name in ("minilm", "bert-base")}
@@ -155,20 +156,10 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return {name: describe(seconds) for name, seconds in kept.items()}
 
 
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo, or what `platform` knows elsewhere."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
 def environment() -> dict[str, Any]:
     """The machine and library versions the numbers belong to."""
     return {
-        "cpu_model": cpu_model(),
+        "cpu_model": cpu_name() or "unknown",
         "cpu_count": os.cpu_count(),
         "torch_num_threads": torch.get_num_threads(),
         "torch": torch.__version__,

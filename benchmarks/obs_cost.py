@@ -31,6 +31,7 @@ import transformers
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from prunebert import PruningConfig
+from prunebert.hardware import cpu_name
 from prunebert.methods import obs
 from prunebert.pruner import Pruner
 from prunebert.sampling import GradientSampler
@@ -132,7 +133,7 @@ def main() -> None:
         "command": " ".join(["python", *sys.argv]),
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "cpu": platform.processor() or platform.machine(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_name(),
         "threads": torch.get_num_threads(),
         "load_average_1m_at_start": round(os.getloadavg()[0], 2),
         "torch": torch.__version__,
@@ -142,13 +143,6 @@ def main() -> None:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
-
-
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 if __name__ == "__main__":

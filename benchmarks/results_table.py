@@ -10,7 +10,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from prunebert.stages.common import environment
+from prunebert.hardware import environment
 
 Key = TypeVar("Key", bound=Hashable)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from prunebert.deploy.export import FILES, ExportOptions, Format, export_model
+from prunebert.deploy.export import FILES, ExportOptions, Format, export_model, needs
 from prunebert.deploy.inference import InferenceModel, example_inputs, load_inference_model
 from prunebert.deploy.runtimes import Runner, available, onnxruntime_runner, openvino_runner, torch_runner
 from prunebert.deploy.torch_variants import TORCH_VARIANTS, CSRSettings, prepare_torch_variant
@@ -44,8 +44,8 @@ def check_variants(names: list[str], explicit: bool) -> tuple[list[str], list[di
         raise PrunebertError(f"unknown bench variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
     kept, skipped = [], []
     for name in dict.fromkeys(names):
-        needs = _needs(*EXPORT_VARIANTS[name]) if name in EXPORT_VARIANTS else ()
-        missing = [m for m in needs if not available(m)]
+        modules = needs(*EXPORT_VARIANTS[name]) if name in EXPORT_VARIANTS else ()
+        missing = [m for m in modules if not available(m)]
         if missing and explicit:
             from prunebert.deploy.runtimes import require
 
@@ -55,11 +55,6 @@ def check_variants(names: list[str], explicit: bool) -> tuple[list[str], list[di
         else:
             kept.append(name)
     return kept, skipped
-
-
-def _needs(fmt: Format, int8: bool) -> tuple[str, ...]:
-    """The modules an export to `fmt` imports."""
-    return ExportOptions(model="-", out="-", format=fmt, int8=int8).needs()
 
 
 @dataclass(frozen=True)

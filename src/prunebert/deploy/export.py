@@ -36,7 +36,16 @@ from prunebert.errors import PrunebertError
 from prunebert.models import load_config
 from prunebert.recipes import StrictModel
 
-__all__ = ["EXPORT_FILE", "FILES", "FORMATS", "ExportOptions", "Format", "export_model", "format_export"]
+__all__ = [
+    "EXPORT_FILE",
+    "FILES",
+    "FORMATS",
+    "ExportOptions",
+    "Format",
+    "export_model",
+    "format_export",
+    "needs",
+]
 
 Format = Literal["onnx", "openvino"]
 FORMATS: tuple[str, ...] = typing.get_args(Format)
@@ -91,9 +100,14 @@ class ExportOptions(StrictModel):
 
     def needs(self) -> tuple[str, ...]:
         """Modules this export imports."""
-        if self.format == "onnx":
-            return ("onnx", "onnxscript", "onnxruntime")
-        return ("openvino", "nncf") if self.int8 else ("openvino",)
+        return needs(self.format, self.int8)
+
+
+def needs(fmt: Format, int8: bool) -> tuple[str, ...]:
+    """Modules an export to `fmt` (with an int8 model or not) imports."""
+    if fmt == "onnx":
+        return ("onnx", "onnxscript", "onnxruntime")
+    return ("openvino", "nncf") if int8 else ("openvino",)
 
 
 def export_model(options: ExportOptions, overwrite: bool = False, quiet: bool = True) -> dict[str, Any]:

@@ -38,7 +38,6 @@ __all__ = [
     "RunDir",
     "TrainConfig",
     "check_schedule",
-    "environment",
     "mean_loss_per_batch",
     "pruning_callbacks",
     "resolve_precision",

@@ -13,10 +13,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from prunebert.hardware import environment
 from prunebert.io import atomic_path, write_json
 from prunebert.masks import MASKS_FILE
 from prunebert.metrics import PRIMARY_METRIC
-from prunebert.stages.common import environment
 
 if TYPE_CHECKING:
     from prunebert.study.plan import Cell
