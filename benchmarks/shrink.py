@@ -94,6 +94,8 @@ def _cell(args: argparse.Namespace, model: str, speedup: float, steps: int) -> d
             "batch_size": args.batch_size,
             "calibration": args.calibration,
             "model": model,
+            "scores": cfg.scores,
+            "tune": cfg.tune,
         },
         "requested_speedup": speedup,
         "measured_speedup": report["measured"]["speedup"],
@@ -147,6 +149,8 @@ def main() -> None:
                 done
                 and done["settings"]["calibration"] == args.calibration
                 and done["settings"]["model"] == model
+                and done["settings"].get("tune") == "weights"
+                and done["settings"].get("scores") == "block"
             ):
                 continue
             results["cells"][name] = _cell(args, model, speedup, steps)

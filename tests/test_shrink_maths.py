@@ -11,8 +11,10 @@ from prunebert.errors import PrunebertError
 from prunebert.shrink.latency import LatencyTable, _interpolate, grid, isotonic
 from prunebert.shrink.maths import (
     accumulate_gram,
+    block_sums,
     center,
     fisher_diagonal,
+    greedy_prune_order,
     head_system,
     neuron_system,
     rearrange_group,
@@ -60,17 +62,60 @@ def test_rearrange_matches_kwon_et_al_and_never_raises_the_loss_proxy() -> None:
     g = torch.Generator().manual_seed(0)
     for trial in range(20):
         grads = torch.randn(6, 9, generator=g, dtype=torch.float64)
-        keep = torch.ones(9, dtype=torch.bool)
-        keep[torch.randperm(9, generator=g)[: 1 + trial % 7]] = False
         gram = accumulate_gram(None, grads)
-        new = rearrange_group(keep, gram)
-        assert new.tolist() == _kwon_rearrange(keep, grads).tolist()
-        assert int(new.sum()) == int(keep.sum())
-        start = (~keep).double()
-        lowest = torch.zeros(9, dtype=torch.float64)
-        lowest[fisher_diagonal(gram).argsort()[: int((~keep).sum())]] = 1
-        assert (~new).double() @ gram @ (~new).double() <= lowest @ gram @ lowest + 1e-9
-        del start
+        pruned = 1 + trial % 7
+        lowest = torch.ones(9, dtype=torch.bool)  # what the diagonal search keeps: all but the lowest
+        lowest[fisher_diagonal(gram).argsort()[:pruned]] = False
+        new = rearrange_group(lowest, gram)
+        assert new.tolist() == _kwon_rearrange(lowest, grads).tolist()
+        assert int(new.sum()) == 9 - pruned
+        assert (~new).double() @ gram @ (~new).double() <= (~lowest).double() @ gram @ (
+            ~lowest
+        ).double() + 1e-9
+        start = torch.ones(9, dtype=torch.bool)  # any other start (the block search's): never worse
+        start[torch.randperm(9, generator=g)[:pruned]] = False
+        again = rearrange_group(start, gram)
+        assert int(again.sum()) == 9 - pruned
+        assert (~again).double() @ gram @ (~again).double() <= (~start).double() @ gram @ (
+            ~start
+        ).double() + 1e-9
+
+
+def test_greedy_prune_order_golden_and_nested_losses() -> None:
+    # the pair that cancels: 0 and 1 have the smallest diagonal (1) but add up; 2 and 3 cancel exactly
+    grads = torch.tensor([[1.0, 1.0, 2.0, -2.0], [0.0, 0.0, 1.0, -1.0]])
+    order, losses = greedy_prune_order(accumulate_gram(None, grads))
+    assert order.tolist()[:2] == [0, 3]  # after 0, adding 1 costs 3, adding 3 (which cancels it) costs 3 too
+    gram = accumulate_gram(None, grads)
+    for m in range(5):  # losses[m] is q of the first m pruned
+        member = torch.zeros(4, dtype=torch.float64)
+        member[order[:m]] = 1
+        assert float(losses[m]) == pytest.approx(float(member @ gram @ member))
+    values, kept_first = block_sums(gram[None])
+    assert values[0, 0] == 0 and values[0, -1] == pytest.approx(float(losses[-1]))
+    assert kept_first[0].tolist() == order.flip(0).tolist()
+
+
+def test_block_search_spreads_pruning_that_the_diagonal_piles_into_one_layer() -> None:
+    # two layers of 4 neurons: layer 0's gradients are independent, layer 1's all share a sign. The
+    # diagonal sees layer 1 as cheapest (smaller entries) and prunes all of it; the block counts how its
+    # gradients add up and splits the pruning, at a lower true loss proxy 1_P^T F 1_P
+    g = torch.Generator().manual_seed(1)
+    independent = torch.randn(64, 4, generator=g, dtype=torch.float64)
+    shared = 0.6 * torch.ones(64, 4, dtype=torch.float64) + 0.01 * torch.randn(64, 4, generator=g)
+    grams = torch.stack([accumulate_gram(None, independent), accumulate_gram(None, shared)])
+    heads = torch.zeros(2, 1, dtype=torch.float64)  # one free head per layer, always kept
+    costs = LayerCosts(torch.tensor([0.0, 0.0]), torch.arange(5, dtype=torch.float64), 0.0, 0.0, "flops")
+    _, diag_keep = search_masks(heads, fisher_diagonal(grams), costs, 4.0, resolution=4)
+    head_values = block_sums(torch.zeros(2, 1, 1, dtype=torch.float64))
+    _, block_keep = search_masks(head_values, block_sums(grams), costs, 4.0, resolution=4)
+
+    def proxy(keep: torch.Tensor) -> float:
+        return sum(float((~k).double() @ f @ (~k).double()) for k, f in zip(keep, grams, strict=True))
+
+    assert diag_keep.sum(dim=1).tolist() == [4, 0]
+    assert block_keep.sum(dim=1).tolist() == [2, 2]
+    assert proxy(block_keep) < 0.9 * proxy(diag_keep)
 
 
 def test_top_sums_golden() -> None:

@@ -7,7 +7,9 @@ The steps of Kwon et al. 2022 ("A Fast Post-Training Pruning Framework for Trans
    `search.search_masks`, exact over per-layer counts, against `LayerCosts`;
 3. mask rearrangement (`rearrange_mask`): `maths.rearrange_masks`;
 4. mask tuning by layer-wise least squares (`rescale_mask`): `tune.tune_scales`, matching the dense
-   model's layers (they match a less-pruned mask's);
+   model's layers (they match a less-pruned mask's); or, the default, K-prune's sublayer-wise weight
+   tuning (Park et al., ICLR 2024): `tune.tune_weights` refits every kept column of the output
+   projections and their biases by the same layer-wise least squares, not one scale per group;
 5. what the paper leaves as masks becomes a model: scales folded into the output projections
    (`gates.fold_scales`), then `ShrinkResult.slim()` cuts it with `prunebert.transforms.slim`, dropping
    the layers left with no head and no neuron.
@@ -18,29 +20,33 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from transformers import PreTrainedModel
 
 from prunebert.errors import PrunebertError
 from prunebert.shrink.gates import Batch, LayerGroups, fold_scales, layer_groups, layer_inputs, mask_grams
-from prunebert.shrink.maths import fisher_diagonal, rearrange_masks
+from prunebert.shrink.maths import block_sums, fisher_diagonal, rearrange_masks
 from prunebert.shrink.search import LayerCosts, kept_counts, search_masks
-from prunebert.shrink.tune import tune_scales
+from prunebert.shrink.tune import tune_scales, tune_weights
 from prunebert.transforms.lowrank import has_lowrank
 from prunebert.transforms.slim import is_slim, plan_slim, slim_model
 
-__all__ = ["ShrinkResult", "ShrinkSettings", "shrink"]
+__all__ = ["Scores", "ShrinkResult", "ShrinkSettings", "Tuning", "shrink"]
+
+Tuning = Literal["weights", "scales", "none"]
+Scores = Literal["block", "diagonal"]
 
 
 @dataclass(frozen=True)
 class ShrinkSettings:
     """How `shrink` runs: ridge of the least squares, which steps, search resolution."""
 
-    damp: float = 1e-2  # ridge toward scale 1, relative to the mean diagonal of A^T A
+    damp: float = 1e-2  # ridge toward the trained weights / scale 1, relative to the mean diagonal of A^T A
+    scores: Scores = "block"  # each layer's Fisher block, greedily (maths.block_sums), or its diagonal
     rearrange: bool = True
-    tune: bool = True
+    tune: Tuning = "weights"  # refit kept output columns, one scale per group (Kwon et al.), or none
     resolution: int = 2000  # budget units of the search
     first_token_last: bool | None = None  # match only the first token at the last layer; None: classifiers
 
@@ -133,19 +139,29 @@ def _shrink(
     head_grams, neuron_grams = mask_grams(model, groups, batches)
     clock["fisher"] = time.perf_counter() - start
     head_fisher, neuron_fisher = fisher_diagonal(head_grams), fisher_diagonal(neuron_grams)
-    keep_heads, keep_neurons = search_masks(head_fisher, neuron_fisher, costs, budget, settings.resolution)
+    if settings.scores == "block":
+        keep_heads, keep_neurons = search_masks(
+            block_sums(head_grams), block_sums(neuron_grams), costs, budget, settings.resolution
+        )
+    else:
+        keep_heads, keep_neurons = search_masks(
+            head_fisher, neuron_fisher, costs, budget, settings.resolution
+        )
     if settings.rearrange:
         keep_heads = rearrange_masks(keep_heads, head_grams)
         keep_neurons = rearrange_masks(keep_neurons, neuron_grams)
     clock["search"] = time.perf_counter() - start - clock["fisher"]
     tuning: list[dict[str, Any]] = []
     head_scales, neuron_scales = keep_heads.float(), keep_neurons.float()
-    if settings.tune:
+    if settings.tune != "none":
         calls = layer_inputs(model, batches)
         first = _first_token_last(model, settings)
-        head_scales, neuron_scales, tuning = tune_scales(
-            model, groups, calls, keep_heads, keep_neurons, settings.damp, first
-        )
+        if settings.tune == "scales":
+            head_scales, neuron_scales, tuning = tune_scales(
+                model, groups, calls, keep_heads, keep_neurons, settings.damp, first
+            )
+        else:
+            tuning = tune_weights(model, groups, calls, keep_heads, keep_neurons, settings.damp, first)
     clock["tune"] = time.perf_counter() - start - clock["fisher"] - clock["search"]
     fold_scales(model, groups, head_scales, neuron_scales)
     heads, neurons = kept_counts(keep_heads, keep_neurons)

@@ -34,9 +34,20 @@ class ShrinkConfig(TaskSpec):
     threads: int | None = Field(None, ge=1, description="threads to measure with (default: torch's)")
     calibration: int = Field(2048, ge=8, description="training examples for the Fisher scores and tuning")
     calibration_batch_size: int = Field(32, ge=1, description="examples per calibration forward pass")
-    damp: float = Field(1e-2, ge=0, description="least-squares ridge toward scale 1 (x mean diag A^T A)")
+    damp: float = Field(
+        1e-2, ge=0, description="least-squares ridge toward the trained weights / scale 1 (x mean diag A^T A)"
+    )
+    scores: Literal["block", "diagonal"] = Field(
+        "block",
+        description="mask search on each layer's Fisher block, greedily (counts how groups' gradients add "
+        "up), or on its diagonal (Kwon et al.)",
+    )
     rearrange: bool = Field(True, description="rearrange masks within layers (Kwon et al. sec. 4.2)")
-    tune: bool = Field(True, description="tune kept heads' and neurons' scales by least squares (sec. 4.3)")
+    tune: Literal["weights", "scales", "none"] = Field(
+        "weights",
+        description="layer-wise least squares after the search: refit the kept output-projection columns "
+        "(K-prune), one scale per head / neuron (Kwon et al. sec. 4.3), or none",
+    )
     grid_points: int | None = Field(
         None, ge=3, le=64, description="latency grid points per axis (default: 7 in torch, 5 exported)"
     )

@@ -154,7 +154,7 @@ def run_shrink(model: str, cfg: ShrinkConfig, overwrite: bool = False) -> dict[s
     try:
         costs, budget, target = _budget(cfg, loaded.model.config, loaded.tokenizer, threads)
         batches = calibration_batches(task, loaded.tokenizer, cfg)
-        settings = ShrinkSettings(damp=cfg.damp, rearrange=cfg.rearrange, tune=cfg.tune)
+        settings = ShrinkSettings(damp=cfg.damp, scores=cfg.scores, rearrange=cfg.rearrange, tune=cfg.tune)
         result = shrink(loaded.model, batches, costs, budget, settings)
     finally:
         torch.set_num_threads(previous)

@@ -20,14 +20,19 @@ import torch
 
 __all__ = [
     "accumulate_gram",
+    "block_sums",
     "center",
     "fisher_diagonal",
+    "greedy_prune_order",
     "head_system",
     "neuron_system",
     "rearrange_group",
     "rearrange_masks",
     "relative_error",
     "solve_scales",
+    "solve_weights",
+    "weight_error",
+    "weight_system",
 ]
 
 
@@ -43,23 +48,63 @@ def fisher_diagonal(gram: torch.Tensor) -> torch.Tensor:
     return torch.diagonal(gram, dim1=-2, dim2=-1).clone()
 
 
+def greedy_prune_order(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nested pruned sets of one layer, chosen greedily on the layer's Fisher block. ((G,), (G + 1,))
+
+    P_0 is empty and P_{m+1} = P_m + the group i with the smallest loss increase
+    q(P + i) - q(P) = 2 sum_{j in P} F_ij + F_ii, where q(P) = 1_P^T F 1_P (eq. 4-6). Returns the order in
+    which groups join P and q(P_m) for m = 0..G. Where the diagonal alone (Kwon et al.'s search) treats
+    groups as independent, this counts how their gradients add up: removing many groups of a layer whose
+    per-example gradients share a sign costs more than the sum of their diagonal terms.
+    """
+    count = gram.shape[0]
+    g = gram.double()
+    diag = torch.diagonal(g)
+    dot = torch.zeros(count, dtype=torch.float64)
+    free = torch.ones(count, dtype=torch.bool)
+    order = torch.empty(count, dtype=torch.long)
+    losses = torch.zeros(count + 1, dtype=torch.float64)
+    for m in range(count):
+        increase = torch.where(free, 2 * dot + diag, torch.full_like(diag, torch.inf))
+        index = int(increase.argmin())
+        order[m], losses[m + 1] = index, losses[m] + increase[index]
+        free[index] = False
+        dot += g[:, index]
+    return order, losses
+
+
+def block_sums(grams: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`greedy_prune_order` of every layer as the search's value tables. ((L, G + 1), (L, G))
+
+    Row l: value[k] = q(all) - q(all but the k kept) for k = 0..G, the loss the k most important groups
+    (the last to be pruned) keep away, and those groups in order, most important first: the same shape
+    as `search.top_sums` of the diagonal.
+    """
+    values, orders = [], []
+    for gram in grams:
+        order, losses = greedy_prune_order(gram)
+        values.append(losses[-1] - losses.flip(0))
+        orders.append(order.flip(0))
+    return torch.stack(values), torch.stack(orders)
+
+
 def rearrange_group(keep: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
     """Kwon et al.'s greedy mask rearrangement within one layer; same number kept. (G,) bool
 
-    Starting from the lowest-Fisher groups as the pruned set P, every other group in ascending Fisher
-    order joins P, then the member whose removal leaves the smallest ||sum_{i in P} g_i||^2 (the loss
-    increase 1_P^T F 1_P) leaves it. With the Gram matrix F, ||S - g_i||^2 = ||S||^2 - 2 S.g_i + F_ii and
-    S.g_i = sum_{j in P} F_ij, kept up to date one column at a time: O(G) per step.
+    Starting from the pruned set P = ~keep (the lowest-Fisher groups after Kwon et al.'s search), every
+    other group in ascending Fisher order joins P, then the member whose removal leaves the smallest
+    ||sum_{i in P} g_i||^2 (the loss increase 1_P^T F 1_P) leaves it. With the Gram matrix F,
+    ||S - g_i||^2 = ||S||^2 - 2 S.g_i + F_ii and S.g_i = sum_{j in P} F_ij, kept up to date one column
+    at a time: O(G) per step.
     """
     pruned_count = int((~keep).sum())
     if pruned_count in (0, keep.numel()):
         return keep.clone()
-    order = torch.argsort(fisher_diagonal(gram), stable=True).tolist()
-    member = torch.zeros(keep.numel(), dtype=torch.bool)
-    member[order[:pruned_count]] = True
+    order = torch.argsort(fisher_diagonal(gram), stable=True)
+    member = ~keep
     dot = gram[:, member].sum(dim=1)  # S . g_i for every i
     diag = fisher_diagonal(gram)
-    for index in order[pruned_count:]:
+    for index in order[keep[order]].tolist():
         member[index] = True
         dot += gram[:, index]
         left = torch.where(member, diag - 2 * dot, torch.full_like(dot, torch.inf))
@@ -131,4 +176,39 @@ def relative_error(ata: torch.Tensor, atb: torch.Tensor, btb: torch.Tensor, scal
     """||A s - B||^2 / ||B||^2 from the normal equations (1.0 when B is zero)."""
     s = scales.double()
     error = s @ ata.double() @ s - 2 * s @ atb.double() + btb.double()
+    return float(error / btb) if float(btb) > 0 else 1.0
+
+
+def weight_system(
+    inputs: torch.Tensor, target: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Normal equations of min_W ||[X 1] W - B||^2 for an output projection's kept inputs.
+
+    inputs: X (N, K), with a column of ones appended for the bias; target: B (N, D). Returns
+    (A^T A (K+1, K+1), A^T B (K+1, D), B^T B ()) in float64, to be summed over batches (`solve_weights`).
+    """
+    x = torch.cat([inputs.double(), torch.ones(inputs.shape[0], 1, dtype=torch.float64)], dim=1)
+    b = target.double()
+    return x.T @ x, x.T @ b, (b * b).sum()
+
+
+def solve_weights(ata: torch.Tensor, atb: torch.Tensor, start: torch.Tensor, damp: float) -> torch.Tensor:
+    """argmin_W ||A W - B||^2 + lam ||W - W0||^2, lam = damp * mean(diag(A^T A)). (K+1, D)
+
+    K-prune's sublayer-wise weight tuning (Park et al., ICLR 2024) in closed form: every kept column of
+    the output projection (and its bias, the last row) is refitted so the layer's pre-LayerNorm sum
+    matches the dense model's; the ridge pulls toward the original weights `start` (W0, (K+1, D)), so
+    directions the calibration tokens do not excite keep their trained values.
+    """
+    k = ata.shape[0]
+    lam = damp * float(torch.diagonal(ata).mean())
+    system = ata.double() + lam * torch.eye(k, dtype=torch.float64)
+    solution: torch.Tensor = torch.linalg.solve(system, atb.double() + lam * start.double())
+    return solution
+
+
+def weight_error(ata: torch.Tensor, atb: torch.Tensor, btb: torch.Tensor, weights: torch.Tensor) -> float:
+    """||A W - B||^2 / ||B||^2 from the normal equations (1.0 when B is zero)."""
+    w = weights.double()
+    error = (w * (ata.double() @ w)).sum() - 2 * (w * atb.double()).sum() + btb.double()
     return float(error / btb) if float(btb) > 0 else 1.0

@@ -120,14 +120,16 @@ def _layer_table(
 
 
 def search_masks(
-    head_scores: torch.Tensor,
-    neuron_scores: torch.Tensor,
+    head_scores: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+    neuron_scores: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
     costs: LayerCosts,
     budget: float,
     resolution: int = 2000,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Keep-masks (L, H) and (L, F) maximising the kept Fisher with `costs.model_cost` <= `budget`.
 
+    Scores (L, G) are per-group Fisher diagonals (kept value: `top_sums`); a pair (values (L, G + 1),
+    order (L, G)) gives each count's value and the groups kept first directly (`maths.block_sums`).
     Exact dynamic programming over per-layer (heads, neurons) counts with the layer budget in
     `resolution` units (rounded up: at most 2 units per layer of slack). At least one layer is kept.
     """
@@ -143,12 +145,13 @@ def search_masks(
         _units(costs.neurons, unit),
         int(_units(torch.tensor(costs.layer), unit)),
     )
-    head_sums, head_order = top_sums(head_scores)
-    neuron_sums, neuron_order = top_sums(neuron_scores)
+    head_sums, head_order = head_scores if isinstance(head_scores, tuple) else top_sums(head_scores)
+    neuron_sums, neuron_order = neuron_scores if isinstance(neuron_scores, tuple) else top_sums(neuron_scores)
+    layers = head_order.shape[0]
     total = torch.zeros(resolution + 1, dtype=torch.float64)
     spent: list[torch.Tensor] = []  # per layer: budget units given to it, for each total budget
     tables = []
-    for layer in range(head_scores.shape[0]):
+    for layer in range(layers):
         value, heads, neurons = _layer_table(head_sums[layer], neuron_sums[layer], units, resolution)
         tables.append((heads, neurons))
         # total'[b] = max_c total[b - c] + value[c], c <= b  (max-plus convolution)
@@ -156,10 +159,10 @@ def search_masks(
         combined = torch.where(cols <= rows, total[(rows - cols).clamp_min(0)] + value[None, :], -torch.inf)
         total, best = combined.max(dim=1)
         spent.append(best)
-    keep_heads = torch.zeros(head_scores.shape, dtype=torch.bool)
-    keep_neurons = torch.zeros(neuron_scores.shape, dtype=torch.bool)
+    keep_heads = torch.zeros(head_order.shape, dtype=torch.bool)
+    keep_neurons = torch.zeros(neuron_order.shape, dtype=torch.bool)
     left = resolution
-    for layer in reversed(range(head_scores.shape[0])):
+    for layer in reversed(range(layers)):
         given = int(spent[layer][left])
         h, n = int(tables[layer][0][given]), int(tables[layer][1][given])
         keep_heads[layer, head_order[layer, :h]] = True

@@ -21,10 +21,18 @@ import torch
 from torch import nn
 
 from prunebert.shrink.gates import LayerCall, LayerGroups, Stop, captured, gated, run_layer
-from prunebert.shrink.maths import head_system, neuron_system, relative_error, solve_scales
+from prunebert.shrink.maths import (
+    head_system,
+    neuron_system,
+    relative_error,
+    solve_scales,
+    solve_weights,
+    weight_error,
+    weight_system,
+)
 from prunebert.structure import encoder_layers
 
-__all__ = ["tune_scales"]
+__all__ = ["tune_scales", "tune_weights"]
 
 System = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -194,3 +202,120 @@ def tune_scales(
                 student = [run_layer(layers[g.layer], h, c) for h, c in zip(student, calls, strict=True)]
         teacher = teacher_next
     return head_scales.float(), neuron_scales.float(), report
+
+
+def _columns(kept: torch.Tensor, size: int) -> torch.Tensor:
+    """The output-projection columns of the kept groups of `size` columns each. (K * size,)"""
+    return (kept[:, None] * size + torch.arange(size)).flatten()
+
+
+def _ctx_systems(
+    model: nn.Module,
+    g: LayerGroups,
+    calls: Sequence[LayerCall],
+    hidden: list[torch.Tensor],
+    targets: list[torch.Tensor],
+    columns: torch.Tensor,
+    first: bool,
+) -> Iterator[System]:
+    """Per batch, `weight_system` of the attention output projection: kept context columns -> target."""
+    layer = encoder_layers(model)[1][g.layer]
+    out = _module(model, g.heads.output.name)
+    seen: dict[str, torch.Tensor] = {}
+    for call, h, target in zip(calls, hidden, targets, strict=True):
+        with captured(out, seen, "ctx", stop=True), contextlib.suppress(Stop):
+            run_layer(layer, h, call)
+        yield weight_system(_select(seen["ctx"], call, first)[:, columns], target - _select(h, call, first))
+
+
+def _acts_systems(
+    model: nn.Module,
+    g: LayerGroups,
+    calls: Sequence[LayerCall],
+    hidden: list[torch.Tensor],
+    targets: list[torch.Tensor],
+    columns: torch.Tensor,
+    first: bool,
+) -> Iterator[System]:
+    """Per batch, `weight_system` of the FFN output projection: kept activations -> target - residual."""
+    layer = encoder_layers(model)[1][g.layer]
+    out, ffn_in = _module(model, g.neurons.output.name), model.get_submodule(g.neurons.inputs[0].name)
+    seen: dict[str, torch.Tensor] = {}
+    for call, h, target in zip(calls, hidden, targets, strict=True):
+        with captured(ffn_in, seen, "res"), captured(out, seen, "acts", stop=True), contextlib.suppress(Stop):
+            run_layer(layer, h, call)
+        acts = _select(seen["acts"], call, first)[:, columns]
+        yield weight_system(acts, target - _select(seen["res"], call, first))
+
+
+def _refit(
+    out: nn.Linear, systems: Iterable[System], columns: torch.Tensor, damp: float, kind: str, layer: int
+) -> dict[str, Any]:
+    """Solve for the kept columns and bias of `out`, write them, zero the pruned columns; report line."""
+    ata, atb, btb = _summed(systems)
+    start = out.weight[:, columns].T.double()
+    if out.bias is not None:  # its row of ones was appended last
+        start = torch.cat([start, out.bias[None, :].double()])
+    else:
+        ata, atb = ata[:-1, :-1], atb[:-1]
+    weights = solve_weights(ata, atb, start, damp)
+    line = {
+        "layer": layer,
+        "block": kind,
+        "status": "refitted",
+        "error_before": weight_error(ata, atb, btb, start),
+        "error_after": weight_error(ata, atb, btb, weights),
+    }
+    pruned = torch.ones(out.weight.shape[1], dtype=torch.bool)
+    pruned[columns] = False
+    out.weight[:, pruned] = 0
+    out.weight[:, columns] = weights[: len(columns)].T.to(out.weight.dtype)
+    if out.bias is not None:
+        out.bias.copy_(weights[-1])
+    return line
+
+
+@torch.no_grad()
+def tune_weights(
+    model: nn.Module,
+    groups: Sequence[LayerGroups],
+    calls: Sequence[LayerCall],
+    keep_heads: torch.Tensor,
+    keep_neurons: torch.Tensor,
+    damp: float = 1e-2,
+    first_token_last: bool = True,
+) -> list[dict[str, Any]]:
+    """Refit each layer's output projections on the kept heads and neurons (in place); a per-block report.
+
+    Same schedule as `tune_scales` (teacher states for the targets, the student's own states for the
+    inputs, attention before FFN, layer by layer), but each kept column of the two output projections and
+    their biases are solved for (`maths.solve_weights`), not one scale per group. Pruned columns are set
+    to zero, so the keep masks are then the scales to fold.
+    """
+    teacher = [c.hidden for c in calls]
+    student = list(teacher)
+    report = []
+    layers = encoder_layers(model)[1]
+    for g in groups:
+        first = first_token_last and g.layer == len(groups) - 1
+        targets, teacher_next = _teacher(model, g, calls, teacher, first)
+        layer = layers[g.layer]
+        heads, neurons = keep_heads[g.layer].nonzero().flatten(), keep_neurons[g.layer].nonzero().flatten()
+        out_att, out_ffn = _module(model, g.heads.output.name), _module(model, g.neurons.output.name)
+        if not (len(heads) or len(neurons)):  # an empty layer is dropped: the student skips it
+            teacher = teacher_next
+            continue
+        columns = _columns(heads, g.heads.group_size)
+        if len(heads):
+            systems = _ctx_systems(model, g, calls, student, targets.attention, columns, first)
+            report.append(_refit(out_att, systems, columns, damp, "attention", g.layer))
+        else:
+            out_att.weight.zero_()
+        if len(neurons):
+            systems = _acts_systems(model, g, calls, student, targets.ffn, neurons, first)
+            report.append(_refit(out_ffn, systems, neurons, damp, "ffn", g.layer))
+        else:
+            out_ffn.weight.zero_()
+        student = [run_layer(layer, h, c) for h, c in zip(student, calls, strict=True)]
+        teacher = teacher_next
+    return report
