@@ -13,6 +13,12 @@ is kept.
         --speedups 1.5 2 --distill-steps 0                       # the cheapest points
     .venv/bin/python benchmarks/shrink.py --task reuters-r8 --speedups 1.5 2 3 4 --distill-steps 0 250
     .venv/bin/python benchmarks/shrink.py --table                # the Markdown table of the JSON
+    .venv/bin/python benchmarks/shrink.py --rebench --rounds 9   # measure every cell again, quietly
+
+A cell's speed-up is measured at the end of its own run; with other work on the machine that number is
+noisy, so `--rebench` measures every saved model against dense again in one `prunebert bench` run per
+cell (same runtime, batch, sequence length, one thread) and keeps the run's own measurement beside it
+as `measured_in_run`.
 
 Without --model, the dense model is fine-tuned first (`prunebert.stages.finetune`: minilm-l6, the full
 training split, 3 epochs, lr 5e-5, seed 0) under --runs.
@@ -29,7 +35,7 @@ from typing import Any
 from prunebert.hardware import cpu_features, cpu_name
 from prunebert.io import write_json
 from prunebert.shrink.config import ShrinkConfig
-from prunebert.shrink.job import run_shrink
+from prunebert.shrink.job import bench_shrunk, run_shrink
 from prunebert.stages.common import TrainConfig
 from prunebert.stages.finetune import FinetuneConfig
 from prunebert.stages.runner import run_or_reuse
@@ -48,9 +54,12 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--runtime", default="torch")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--calibration", type=int, default=2048)
+    parser.add_argument("--distill-lr", type=float, default=None, help="peak lr of the distillation")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "shrink")
     parser.add_argument("--output", type=Path, default=ROOT / "results" / "shrink.json")
     parser.add_argument("--table", action="store_true", help="print the Markdown table of --output")
+    parser.add_argument("--rebench", action="store_true", help="measure every cell's model again")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved bench rounds")
     return parser.parse_args()
 
 
@@ -68,16 +77,24 @@ def _dense(args: argparse.Namespace) -> str:
     return str(run_or_reuse(config)["model_dir"])
 
 
+def _name(args: argparse.Namespace, speedup: float, steps: int) -> str:
+    lr = f"-lr{args.distill_lr:g}" if args.distill_lr is not None and steps else ""
+    return f"{args.task}-{args.runtime}-b{args.batch_size}-x{speedup:g}-d{steps}{lr}"
+
+
 def _cell(args: argparse.Namespace, model: str, speedup: float, steps: int) -> dict[str, Any]:
     """One `run_shrink` and what the table needs of it."""
-    name = f"{args.task}-{args.runtime}-b{args.batch_size}-x{speedup:g}-d{steps}"
+    name = _name(args, speedup, steps)
+    lr = {"distill_learning_rate": args.distill_lr} if args.distill_lr is not None else {}
     cfg = ShrinkConfig(
+        **lr,
         task=args.task,
         output_dir=args.runs / name,
         speedup=speedup,
         runtime=args.runtime,
         batch_size=args.batch_size,
         calibration=args.calibration,
+        bench_rounds=args.rounds,
         evaluate=True,
         distill_steps=steps,
     )
@@ -90,6 +107,7 @@ def _cell(args: argparse.Namespace, model: str, speedup: float, steps: int) -> d
         "settings": {
             "speedup": speedup,
             "distill_steps": steps,
+            "distill_learning_rate": cfg.distill_learning_rate,
             "runtime": args.runtime,
             "batch_size": args.batch_size,
             "calibration": args.calibration,
@@ -124,13 +142,29 @@ def _table(results: dict[str, Any]) -> str:
     for cell in results["cells"].values():
         s, acc, dense = cell["settings"], cell["test"]["accuracy"], cell["dense_test"]["accuracy"]
         low, high = cell["measured_range"]
+        task = cell["name"].split(f"-{s['runtime']}-b")[0]
+        lr = s.get("distill_learning_rate", 5e-5)
+        steps = f"{s['distill_steps']}" + (f" (lr {lr:g})" if s["distill_steps"] and lr != 5e-5 else "")
         lines.append(
-            f"| {cell['name'].split('-torch')[0]} | {s['runtime']}, {s['batch_size']} | "
+            f"| {task} | {s['runtime']}, {s['batch_size']} | "
             f"{cell['requested_speedup']:g}x | {cell['measured_speedup']:.2f}x ({low:.2f}-{high:.2f}) | "
-            f"{cell['predicted_speedup']:.2f}x | {s['distill_steps']} | {acc:.1%} ({dense:.1%}) | "
+            f"{cell['predicted_speedup']:.2f}x | {steps} | {acc:.1%} ({dense:.1%}) | "
             f"{100 * (acc - dense):+.1f} pt | {cell['shrink_seconds']:.0f} | {cell['wall_seconds']:.0f} |"
         )
     return "\n".join(lines)
+
+
+def _rebench(cell: dict[str, Any], runs: Path, rounds: int) -> None:
+    """Measure the cell's saved model against dense again (one thread) and update its speed-up."""
+    s = cell["settings"]
+    task = cell["name"].split(f"-{s['runtime']}-b")[0]
+    cfg = ShrinkConfig(
+        task=task, speedup=s["speedup"], runtime=s["runtime"], batch_size=s["batch_size"], bench_rounds=rounds
+    )
+    measured = bench_shrunk(s["model"], runs / cell["name"] / "model", cfg, threads=1)
+    cell.setdefault("measured_in_run", [cell["measured_speedup"], *cell["measured_range"]])
+    cell["measured_speedup"], cell["measured_range"] = measured["speedup"], measured["speedup_range"]
+    cell["rebench"] = {"rounds": rounds, "environment": measured["environment"]}
 
 
 def main() -> None:
@@ -139,11 +173,17 @@ def main() -> None:
     if args.table:
         print(_table(results))
         return
+    if args.rebench:
+        for cell in results["cells"].values():
+            _rebench(cell, args.runs, args.rounds)
+            write_json(args.output, results)
+        print(_table(results), flush=True)
+        return
     model = _dense(args)
     results["machine"] = {"cpu": cpu_name(), "cpu_features": cpu_features()}
     for steps in args.distill_steps:
         for speedup in args.speedups:
-            name = f"{args.task}-{args.runtime}-b{args.batch_size}-x{speedup:g}-d{steps}"
+            name = _name(args, speedup, steps)
             done = results["cells"].get(name)
             if (
                 done

@@ -33,7 +33,7 @@ from prunebert.stages.distill import DistillConfig
 from prunebert.stages.evaluate import EvaluateConfig, run_evaluate
 from prunebert.stages.finetune import FinetuneConfig, run_finetune
 
-__all__ = ["format_report", "run_shrink"]
+__all__ = ["bench_shrunk", "format_report", "run_shrink"]
 
 REPORT_FILE = "shrink.json"
 
@@ -88,7 +88,7 @@ def _table_facts(table: LatencyTable, costs: LayerCosts) -> dict[str, Any]:
     }
 
 
-def _bench(model: str, shrunk: Path, cfg: ShrinkConfig, threads: int) -> dict[str, Any]:
+def bench_shrunk(model: str, shrunk: Path, cfg: ShrinkConfig, threads: int) -> dict[str, Any]:
     """Dense (torch fp32 baseline and in the runtime) and the result, in one `prunebert bench` run."""
     settings = BenchSettings(
         variants=(cfg.runtime,),
@@ -189,7 +189,7 @@ def run_shrink(model: str, cfg: ShrinkConfig, overwrite: bool = False) -> dict[s
         shutil.copytree(distilled["model_dir"], out / "model")
         report.setdefault("metrics", {})["distilled"] = distilled["metrics"]
     if cfg.bench:
-        report["measured"] = _bench(model, out / "model", cfg, threads)
+        report["measured"] = bench_shrunk(model, out / "model", cfg, threads)
     report["wall_seconds"] = time.perf_counter() - wall
     report["environment"] = environment(threads)
     write_json(out / REPORT_FILE, report)
