@@ -39,6 +39,7 @@ from prunebert.errors import PrunebertError
 from prunebert.hardware import versions
 from prunebert.io import move_into_place, write_json
 from prunebert.metrics import compute_metrics
+from prunebert.transforms.pad_empty import pad_empty_blocks
 
 __all__ = ["check_inputs", "export_onnx", "export_openvino", "main", "run_export"]
 
@@ -111,9 +112,14 @@ def quantize_onnx(source: Path, target: Path, calibration: TaskBatches | None) -
 
 
 def export_openvino(model: InferenceModel, path: Path) -> Any:
-    """`openvino.convert_model` on the torch module, dynamic (batch, seq), saved uncompressed (fp32)."""
+    """`openvino.convert_model` on the torch module, dynamic (batch, seq), saved uncompressed (fp32).
+
+    Empty blocks of a slimmed model (no head, no neuron left) are first given one zero column
+    (`pad_empty_blocks`, in place, same function): OpenVINO mis-converts zero-width tensors.
+    """
     import openvino as ov
 
+    pad_empty_blocks(model.module)
     arrays = example_inputs(model.config, model.input_names, 2, 16)
     example = {name: torch.from_numpy(array) for name, array in arrays.items()}
     shapes = [(name, [-1, -1], ov.Type.i64) for name in model.input_names]
