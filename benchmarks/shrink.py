@@ -41,6 +41,7 @@ from prunebert.stages.finetune import FinetuneConfig
 from prunebert.stages.runner import run_or_reuse
 
 ROOT = Path(__file__).resolve().parent
+RETRIES = ShrinkConfig.model_fields["speed_retries"].default  # cells from before the speed loop run again
 
 
 def _args() -> argparse.Namespace:
@@ -114,7 +115,11 @@ def _cell(args: argparse.Namespace, model: str, speedup: float, steps: int) -> d
             "model": model,
             "scores": cfg.scores,
             "tune": cfg.tune,
+            "speed_tolerance": cfg.speed_tolerance,
+            "speed_retries": cfg.speed_retries,
         },
+        "searches": len(report.get("attempts", [])) or 1,
+        "attempts": report.get("attempts", []),
         "requested_speedup": speedup,
         "measured_speedup": report["measured"]["speedup"],
         "measured_range": report["measured"]["speedup_range"],
@@ -135,9 +140,9 @@ def _cell(args: argparse.Namespace, model: str, speedup: float, steps: int) -> d
 
 def _table(results: dict[str, Any]) -> str:
     lines = [
-        "| task | runtime, batch | requested | measured (min-max) | predicted | distill steps | test acc "
-        "(dense) | change | shrink s | wall s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| task | runtime, batch | requested | measured (min-max) | predicted | searches | distill steps | "
+        "test acc (dense) | change | shrink s | wall s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for cell in results["cells"].values():
         s, acc, dense = cell["settings"], cell["test"]["accuracy"], cell["dense_test"]["accuracy"]
@@ -148,7 +153,8 @@ def _table(results: dict[str, Any]) -> str:
         lines.append(
             f"| {task} | {s['runtime']}, {s['batch_size']} | "
             f"{cell['requested_speedup']:g}x | {cell['measured_speedup']:.2f}x ({low:.2f}-{high:.2f}) | "
-            f"{cell['predicted_speedup']:.2f}x | {steps} | {acc:.1%} ({dense:.1%}) | "
+            f"{cell['predicted_speedup']:.2f}x | {cell.get('searches', 1)} | {steps} | "
+            f"{acc:.1%} ({dense:.1%}) | "
             f"{100 * (acc - dense):+.1f} pt | {cell['shrink_seconds']:.0f} | {cell['wall_seconds']:.0f} |"
         )
     return "\n".join(lines)
@@ -191,6 +197,8 @@ def main() -> None:
                 and done["settings"]["model"] == model
                 and done["settings"].get("tune") == "weights"
                 and done["settings"].get("scores") == "block"
+                and done["settings"].get("speed_retries")
+                == ShrinkConfig.model_fields["speed_retries"].default
             ):
                 continue
             results["cells"][name] = _cell(args, model, speedup, steps)

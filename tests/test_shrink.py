@@ -173,3 +173,27 @@ def test_shrink_command_distills_from_the_dense_model(space: Path, tmp_path: Pat
     assert "distilled" in report["metrics"]  # type: ignore[operator]
     loaded = load_model(str(tmp_path / "out"), head="classification")
     assert "prunebert_slim" in loaded.model.config.to_dict()
+
+
+def test_shrink_searches_again_until_the_measured_speedup_matches(
+    space: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a runtime 20% slower than its latency table predicts, then on target: one corrected search, with
+    # the budget scaled by measured / requested and the mask gradients reused, not recomputed
+    from prunebert.shrink import api, job
+
+    monkeypatch.setenv("PRUNEBERT_CACHE", str(tmp_path / "cache"))
+    speeds = iter([0.8 * 1.3, 0.99 * 1.3])
+    monkeypatch.setattr(
+        job, "bench_shrunk", lambda *a: {"speedup": next(speeds), "dense_runtime_speedup": 1.0}
+    )
+    passes = []
+    real_grams = api.mask_grams
+    monkeypatch.setattr(api, "mask_grams", lambda *a: passes.append(1) or real_grams(*a))
+    args = ("--speedup", "1.3", "--grid_points", "3", "--seq_len", "16", "--bench_rounds", "1")
+    report = _shrink_cli(space, tmp_path / "out", *args)
+    attempts = report["attempts"]
+    assert isinstance(attempts, list) and len(attempts) == 2 and len(passes) == 1
+    assert attempts[1]["budget"] == pytest.approx(0.8 * attempts[0]["budget"])
+    assert report["measured"]["speedup"] == pytest.approx(0.99 * 1.3)  # type: ignore[index]
+    assert load_model(str(tmp_path / "out"), head="classification").model is not None

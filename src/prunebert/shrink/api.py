@@ -68,6 +68,7 @@ class ShrinkResult:
     fisher_kept: dict[str, float]
     tuning: list[dict[str, Any]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    grams: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)  # to search again
 
     def slim(self) -> PreTrainedModel:
         """Cut the model to what is kept, in place (`prunebert.transforms.slim`), and return it."""
@@ -108,10 +109,13 @@ def shrink(
     costs: LayerCosts,
     budget: float,
     settings: ShrinkSettings | None = None,
+    grams: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> ShrinkResult:
     """Prune `model` (in place) to `budget` in the unit of `costs`, with no training; see the module doc.
 
     `batches`: tokenised training examples with `labels` (2,048 in the paper), on the model's device.
+    `grams`: the mask-gradient Gram matrices of an earlier result of the same model and batches
+    (`ShrinkResult.grams`), to search another budget without the gradient passes.
     Call `.slim()` on the result for the smaller model.
     """
     settings = settings or ShrinkSettings()
@@ -121,7 +125,7 @@ def shrink(
     training = model.training
     model.eval()  # dropout off: the calibration passes must see the deployed function
     try:
-        return _shrink(model, groups, batches, costs, budget, settings)
+        return _shrink(model, groups, batches, costs, budget, settings, grams)
     finally:
         model.train(training)
 
@@ -133,10 +137,11 @@ def _shrink(
     costs: LayerCosts,
     budget: float,
     settings: ShrinkSettings,
+    grams: tuple[torch.Tensor, torch.Tensor] | None,
 ) -> ShrinkResult:
     clock: dict[str, float] = {}
     start = time.perf_counter()
-    head_grams, neuron_grams = mask_grams(model, groups, batches)
+    head_grams, neuron_grams = grams if grams is not None else mask_grams(model, groups, batches)
     clock["fisher"] = time.perf_counter() - start
     head_fisher, neuron_fisher = fisher_diagonal(head_grams), fisher_diagonal(neuron_grams)
     if settings.scores == "block":
@@ -182,4 +187,5 @@ def _shrink(
         },
         tuning=tuning,
         seconds=clock,
+        grams=(head_grams, neuron_grams),
     )

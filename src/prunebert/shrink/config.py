@@ -54,6 +54,13 @@ class ShrinkConfig(TaskSpec):
     refresh_table: bool = Field(False, description="measure the latency table again even if cached")
     bench: bool = Field(True, description="bench the result against dense in the same run")
     bench_rounds: int = Field(5, ge=1, description="interleaved bench rounds")
+    speed_tolerance: float = Field(
+        0.05,
+        ge=0,
+        lt=1,
+        description="re-search with a corrected budget while measured/requested is off by more",
+    )
+    speed_retries: int = Field(2, ge=0, description="corrected searches at most (the Fisher pass is reused)")
     evaluate: bool = Field(False, description="score dense and shrunk models on dev and test")
     distill_steps: int = Field(0, ge=0, description="optimizer steps of distillation from MODEL (0: none)")
     distill_learning_rate: float = Field(5e-5, gt=0, description="peak learning rate of the distillation")

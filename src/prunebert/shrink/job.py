@@ -24,7 +24,7 @@ from prunebert.errors import PrunebertError
 from prunebert.hardware import cpu_features, cpu_name, environment
 from prunebert.io import write_json
 from prunebert.models import load_model
-from prunebert.shrink.api import ShrinkSettings, shrink
+from prunebert.shrink.api import ShrinkResult, ShrinkSettings, shrink
 from prunebert.shrink.config import ShrinkConfig, calibration_batches
 from prunebert.shrink.latency import LatencyTable, TableSpec, ffn_size, latency_table
 from prunebert.shrink.search import LayerCosts, flop_costs
@@ -136,6 +136,14 @@ def _distill(model: str, start: Path, cfg: ShrinkConfig, overwrite: bool) -> dic
     return run_finetune(finetune, overwrite=overwrite)
 
 
+def _write(result: ShrinkResult, tokenizer: Any, target: Path) -> dict[str, Any]:
+    """Save the folded model and slim it into `target` (replaced); returns `run_slim`'s report."""
+    with tempfile.TemporaryDirectory(prefix=".folded-", dir=target.parent) as scratch:
+        result.model.save_pretrained(scratch)
+        tokenizer.save_pretrained(scratch)
+        return run_slim(scratch, target, overwrite=True, drop_layers=result.drop_layers)
+
+
 def run_shrink(model: str, cfg: ShrinkConfig, overwrite: bool = False) -> dict[str, Any]:
     """Shrink `model` as `cfg` asks; writes OUT (see the module doc) and returns the report."""
     wall = time.perf_counter()
@@ -156,20 +164,28 @@ def run_shrink(model: str, cfg: ShrinkConfig, overwrite: bool = False) -> dict[s
         batches = calibration_batches(task, loaded.tokenizer, cfg)
         settings = ShrinkSettings(damp=cfg.damp, scores=cfg.scores, rearrange=cfg.rearrange, tune=cfg.tune)
         result = shrink(loaded.model, batches, costs, budget, settings)
+        if bool(result.keep_heads.all()) and bool(result.keep_neurons.all()):
+            raise PrunebertError(
+                f"the dense model already fits the budget ({result.dense_cost:.4g} <= {budget:.4g} "
+                f"{costs.unit}); nothing to remove: ask for more"
+            )
+        out.mkdir(parents=True, exist_ok=True)
+        first = out / ("zero-step" if cfg.distill_steps else "model")
+        slim = _write(result, loaded.tokenizer, first)
+        attempts: list[dict[str, Any]] = []
+        while cfg.bench and cfg.speedup is not None:  # measured, not assumed: correct the budget
+            measured = bench_shrunk(model, first, cfg, threads)
+            ratio = measured["speedup"] / cfg.speedup
+            attempts.append({"budget": budget, "measured_speedup": measured["speedup"], "ratio": ratio})
+            if abs(ratio - 1) <= cfg.speed_tolerance or len(attempts) > cfg.speed_retries:
+                break
+            budget = max(budget * ratio, costs.min_cost() * 1.02)
+            fresh = load_model(model, head="classification", num_labels=task.num_labels).model
+            result = shrink(fresh, batches, costs, budget, settings, grams=result.grams)
+            slim = _write(result, loaded.tokenizer, first)
     finally:
         torch.set_num_threads(previous)
     shrink_s = time.perf_counter() - wall
-    if bool(result.keep_heads.all()) and bool(result.keep_neurons.all()):
-        raise PrunebertError(
-            f"the dense model already fits the budget ({result.dense_cost:.4g} <= {budget:.4g} "
-            f"{costs.unit}); nothing to remove: ask for more"
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    first = out / ("zero-step" if cfg.distill_steps else "model")
-    with tempfile.TemporaryDirectory(prefix=".folded-", dir=out) as scratch:
-        result.model.save_pretrained(scratch)
-        loaded.tokenizer.save_pretrained(scratch)
-        slim = run_slim(scratch, first, overwrite=True, drop_layers=result.drop_layers)
     report: dict[str, Any] = {
         "model": model,
         "output": str(out / "model"),
@@ -177,6 +193,7 @@ def run_shrink(model: str, cfg: ShrinkConfig, overwrite: bool = False) -> dict[s
         "config": cfg.model_dump(mode="json"),
         "target": target,
         "choice": result.summary(),
+        "attempts": attempts,
         "parameters": [slim["parameters_before"], slim["parameters_after"]],
         "shrink_seconds": shrink_s,
     }
@@ -188,8 +205,10 @@ def run_shrink(model: str, cfg: ShrinkConfig, overwrite: bool = False) -> dict[s
             shutil.rmtree(out / "model")
         shutil.copytree(distilled["model_dir"], out / "model")
         report.setdefault("metrics", {})["distilled"] = distilled["metrics"]
-    if cfg.bench:
+    if cfg.bench and (cfg.distill_steps or not attempts):  # else the last attempt measured this model
         report["measured"] = bench_shrunk(model, out / "model", cfg, threads)
+    elif attempts:
+        report["measured"] = measured
     report["wall_seconds"] = time.perf_counter() - wall
     report["environment"] = environment(threads)
     write_json(out / REPORT_FILE, report)
@@ -215,6 +234,10 @@ def format_report(report: dict[str, Any]) -> str:
             f"measured: {measured['speedup']:.2f}x over dense torch fp32 ({asked['runtime']}; dense in it: "
             f"{measured['dense_runtime_speedup']:.2f}x)"
         )
+    attempts = report.get("attempts", [])
+    if len(attempts) > 1:
+        steps = " -> ".join(f"{a['measured_speedup']:.2f}x" for a in attempts)
+        lines.append(f"searched {len(attempts)} times against the measured speed-up: {steps}")
     for name, metrics in report.get("metrics", {}).items():
         lines.append(f"{name}: " + ", ".join(f"{s} {m}" for s, m in metrics.items()))
     lines.append(f"written: {report['output']} ({report['wall_seconds']:.0f} s)")
