@@ -63,7 +63,7 @@ class ShrinkConfig(TaskSpec):
     speed_retries: int = Field(2, ge=0, description="corrected searches at most (the Fisher pass is reused)")
     evaluate: bool = Field(False, description="score dense and shrunk models on dev and test")
     distill_steps: int = Field(0, ge=0, description="optimizer steps of distillation from MODEL (0: none)")
-    distill_learning_rate: float = Field(5e-5, gt=0, description="peak learning rate of the distillation")
+    distill_learning_rate: float = Field(1e-4, gt=0, description="peak learning rate of the distillation")
     seed: int = Field(0, description="seed of the calibration sample and the task split")
 
     @model_validator(mode="after")
