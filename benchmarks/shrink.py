@@ -9,9 +9,11 @@ measured speed-up, accuracy change, the command's wall time (shrink alone and in
 its instruction sets. The JSON is rewritten after every cell; a cell already there with the same settings
 is kept.
 
-    .venv/bin/python benchmarks/shrink.py --model /work/runs/dense-rotten-tomatoes-s0 \\
-        --speedups 1.5 2 --distill-steps 0                       # the cheapest points
-    .venv/bin/python benchmarks/shrink.py --task reuters-r8 --speedups 1.5 2 3 4 --distill-steps 0 250
+    B="OMP_NUM_THREADS=1 taskset -c 1 .venv/bin/python benchmarks/shrink.py --task rotten-tomatoes \\
+        --model DENSE --output benchmarks/results/shrink_rotten-tomatoes.json"
+    $B --speedups 1.5 2 2.5 3 4 --distill-steps 0                # the retraining-free points
+    $B --speedups 2.5 3 --distill-steps 250                       # with 250 steps of distillation
+    $B --runtime openvino-int8 --speedups 10 --distill-steps 250  # OpenVINO static int8, batch 1
     .venv/bin/python benchmarks/shrink.py --table                # the Markdown table of the JSON
     .venv/bin/python benchmarks/shrink.py --rebench --rounds 9   # measure every cell again, quietly
 
