@@ -90,57 +90,68 @@ def _teacher(
     return targets, outputs
 
 
-def _attention_systems(
-    model: nn.Module,
-    g: LayerGroups,
-    calls: Sequence[LayerCall],
-    hidden: list[torch.Tensor],
-    targets: list[torch.Tensor],
-    kept: torch.Tensor,
-    first: bool,
-) -> Iterator[System]:
-    """Per batch, normal equations for the scales of the kept heads of layer g on the student's states."""
-    layer = encoder_layers(model)[1][g.layer]
-    out = _module(model, g.heads.output.name)
-    d = g.heads.group_size
-    weight = out.weight.view(out.weight.shape[0], -1, d)[:, kept]  # (D, K, d)
-    bias = _bias(out)
+@dataclass(frozen=True)
+class _Block:
+    """One least-squares pass over an output projection of layer `g`: the student's states `hidden` in,
+    the teacher's pre-LayerNorm sums `targets` to reach, per calibration call (first tokens only if
+    `first`)."""
+
+    model: nn.Module
+    g: LayerGroups
+    calls: Sequence[LayerCall]
+    hidden: list[torch.Tensor]
+    targets: list[torch.Tensor]
+    first: bool
+
+
+def _attention_inputs(b: _Block) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Per batch on `hidden` (the student's states): the context entering layer g's attention output
+    projection (N, H*d), and what that projection must add to the residual to reach the target (N, D)."""
+    layer = encoder_layers(b.model)[1][b.g.layer]
+    out = _module(b.model, b.g.heads.output.name)
     seen: dict[str, torch.Tensor] = {}
-    for call, h, target in zip(calls, hidden, targets, strict=True):
+    for call, h, target in zip(b.calls, b.hidden, b.targets, strict=True):
         with captured(out, seen, "ctx", stop=True), contextlib.suppress(Stop):
             run_layer(layer, h, call)
-        ctx = _select(seen["ctx"], call, first)  # (N, H*d)
-        per_head = torch.einsum("nkd,ekd->kne", ctx.view(ctx.shape[0], -1, d)[:, kept], weight)
-        yield head_system(per_head, target - bias - _select(h, call, first))
+        yield _select(seen["ctx"], call, b.first), target - _select(h, call, b.first)
 
 
-def _ffn_systems(
-    model: nn.Module,
-    g: LayerGroups,
-    calls: Sequence[LayerCall],
-    hidden: list[torch.Tensor],
-    targets: list[torch.Tensor],
-    kept: torch.Tensor,
-    first: bool,
-    head_gates: torch.Tensor,
-) -> Iterator[System]:
-    """Per batch, normal equations for the scales of the kept neurons of layer g, its heads already tuned."""
-    layer = encoder_layers(model)[1][g.layer]
-    out = _module(model, g.neurons.output.name)
-    weight = out.weight[:, kept]  # (D, K)
-    bias = _bias(out)
-    ffn_in = model.get_submodule(g.neurons.inputs[0].name)
+def _ffn_inputs(b: _Block, head_gates: torch.Tensor | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Per batch, with the heads gated by `head_gates` (None: as the weights are): the activations
+    entering layer g's FFN output projection (N, F) and the target minus the FFN's residual (N, D)."""
+    layer = encoder_layers(b.model)[1][b.g.layer]
+    out = _module(b.model, b.g.neurons.output.name)
+    ffn_in = b.model.get_submodule(b.g.neurons.inputs[0].name)
+    gates = {} if head_gates is None else {b.g.layer: head_gates}
     seen: dict[str, torch.Tensor] = {}
-    for call, h, target in zip(calls, hidden, targets, strict=True):
+    for call, h, target in zip(b.calls, b.hidden, b.targets, strict=True):
         with (
-            gated(model, [g], {g.layer: head_gates}, {}),
+            gated(b.model, [b.g], gates, {}),
             captured(ffn_in, seen, "res"),
             captured(out, seen, "acts", stop=True),
             contextlib.suppress(Stop),
         ):
             run_layer(layer, h, call)
-        acts = _select(seen["acts"], call, first)[:, kept]
-        yield neuron_system(acts, weight, target - bias - _select(seen["res"], call, first))
+        yield _select(seen["acts"], call, b.first), target - _select(seen["res"], call, b.first)
+
+
+def _attention_systems(b: _Block, kept: torch.Tensor) -> Iterator[System]:
+    """Per batch, normal equations for the scales of the kept heads of layer g on the student's states."""
+    out = _module(b.model, b.g.heads.output.name)
+    d = b.g.heads.group_size
+    weight = out.weight.view(out.weight.shape[0], -1, d)[:, kept]  # (D, K, d)
+    bias = _bias(out)
+    for ctx, rest in _attention_inputs(b):
+        per_head = torch.einsum("nkd,ekd->kne", ctx.view(ctx.shape[0], -1, d)[:, kept], weight)
+        yield head_system(per_head, rest - bias)
+
+
+def _ffn_systems(b: _Block, kept: torch.Tensor, head_gates: torch.Tensor) -> Iterator[System]:
+    """Per batch, normal equations for the scales of the kept neurons of layer g, its heads already tuned."""
+    out = _module(b.model, b.g.neurons.output.name)
+    weight, bias = out.weight[:, kept], _bias(out)  # (D, K), (D,)
+    for acts, rest in _ffn_inputs(b, head_gates):
+        yield neuron_system(acts[:, kept], weight, rest - bias)
 
 
 def _solve(system: System, damp: float, kind: str, layer: int) -> tuple[torch.Tensor | None, dict[str, Any]]:
@@ -181,14 +192,16 @@ def tune_scales(
         targets, teacher_next = _teacher(model, g, calls, teacher, first)
         heads, neurons = keep_heads[g.layer].nonzero().flatten(), keep_neurons[g.layer].nonzero().flatten()
         if len(heads):
-            system = _summed(_attention_systems(model, g, calls, student, targets.attention, heads, first))
+            block = _Block(model, g, calls, student, targets.attention, first)
+            system = _summed(_attention_systems(block, heads))
             scales, line = _solve(system, damp, "attention", g.layer)
             report.append(line)
             if scales is not None:
                 head_scales[g.layer, heads] = scales
         if len(neurons):
             gates = head_scales[g.layer].float()
-            system = _summed(_ffn_systems(model, g, calls, student, targets.ffn, neurons, first, gates))
+            block = _Block(model, g, calls, student, targets.ffn, first)
+            system = _summed(_ffn_systems(block, neurons, gates))
             scales, line = _solve(system, damp, "ffn", g.layer)
             report.append(line)
             if scales is not None:
@@ -207,45 +220,6 @@ def tune_scales(
 def _columns(kept: torch.Tensor, size: int) -> torch.Tensor:
     """The output-projection columns of the kept groups of `size` columns each. (K * size,)"""
     return (kept[:, None] * size + torch.arange(size)).flatten()
-
-
-def _ctx_systems(
-    model: nn.Module,
-    g: LayerGroups,
-    calls: Sequence[LayerCall],
-    hidden: list[torch.Tensor],
-    targets: list[torch.Tensor],
-    columns: torch.Tensor,
-    first: bool,
-) -> Iterator[System]:
-    """Per batch, `weight_system` of the attention output projection: kept context columns -> target."""
-    layer = encoder_layers(model)[1][g.layer]
-    out = _module(model, g.heads.output.name)
-    seen: dict[str, torch.Tensor] = {}
-    for call, h, target in zip(calls, hidden, targets, strict=True):
-        with captured(out, seen, "ctx", stop=True), contextlib.suppress(Stop):
-            run_layer(layer, h, call)
-        yield weight_system(_select(seen["ctx"], call, first)[:, columns], target - _select(h, call, first))
-
-
-def _acts_systems(
-    model: nn.Module,
-    g: LayerGroups,
-    calls: Sequence[LayerCall],
-    hidden: list[torch.Tensor],
-    targets: list[torch.Tensor],
-    columns: torch.Tensor,
-    first: bool,
-) -> Iterator[System]:
-    """Per batch, `weight_system` of the FFN output projection: kept activations -> target - residual."""
-    layer = encoder_layers(model)[1][g.layer]
-    out, ffn_in = _module(model, g.neurons.output.name), model.get_submodule(g.neurons.inputs[0].name)
-    seen: dict[str, torch.Tensor] = {}
-    for call, h, target in zip(calls, hidden, targets, strict=True):
-        with captured(ffn_in, seen, "res"), captured(out, seen, "acts", stop=True), contextlib.suppress(Stop):
-            run_layer(layer, h, call)
-        acts = _select(seen["acts"], call, first)[:, columns]
-        yield weight_system(acts, target - _select(seen["res"], call, first))
 
 
 def _refit(
@@ -307,12 +281,14 @@ def tune_weights(
             continue
         columns = _columns(heads, g.heads.group_size)
         if len(heads):
-            systems = _ctx_systems(model, g, calls, student, targets.attention, columns, first)
+            inputs = _attention_inputs(_Block(model, g, calls, student, targets.attention, first))
+            systems = (weight_system(ctx[:, columns], rest) for ctx, rest in inputs)
             report.append(_refit(out_att, systems, columns, damp, "attention", g.layer))
         else:
             out_att.weight.zero_()
         if len(neurons):
-            systems = _acts_systems(model, g, calls, student, targets.ffn, neurons, first)
+            inputs = _ffn_inputs(_Block(model, g, calls, student, targets.ffn, first), None)
+            systems = (weight_system(acts[:, neurons], rest) for acts, rest in inputs)
             report.append(_refit(out_ffn, systems, neurons, damp, "ffn", g.layer))
         else:
             out_ffn.weight.zero_()
