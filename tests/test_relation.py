@@ -102,3 +102,16 @@ def test_relations_compare_across_depth_and_width() -> None:
     assert encoder_depth(wide) == 4
     loss = _captured_loss(tiny_mlm().eval(), wide)  # 4 heads divide 32 and 64: (T, T) relations either way
     assert math.isfinite(loss.item()) and loss.item() > 0
+
+
+def test_relations_stay_float32_under_bf16_autocast() -> None:
+    # `precision: auto` trains under bf16 autocast; the padded keys' float32 mask value overflowed bf16
+    # ("value cannot be converted to type c10::BFloat16 without overflow") in the first real upstream run
+    g = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(2, 5, 8, generator=g), torch.randn(2, 5, 8, generator=g)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    plain = relation_kl(student, teacher, mask, 2)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        autocast = relation_kl(student, teacher, mask, 2)
+    assert autocast.dtype == torch.float32
+    assert torch.allclose(autocast, plain)

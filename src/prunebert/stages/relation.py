@@ -50,10 +50,13 @@ def log_relations(x: torch.Tensor, heads: int, attention_mask: torch.Tensor) -> 
             "both the student's and the teacher's hidden size"
         )
     d = h // heads
-    x = x.float().view(b, t, heads, d).transpose(1, 2)  # (B, R, T, d)
-    scores = x @ x.transpose(-1, -2) / math.sqrt(d)  # (B, R, T, T)
-    padding = attention_mask[:, None, None, :] == 0  # (B, 1, 1, T): padded keys get no mass
-    return F.log_softmax(scores.masked_fill(padding, torch.finfo(torch.float32).min), dim=-1)
+    # float32 even under bf16 autocast (`precision: auto`): autocast would run the product in bf16, whose
+    # range cannot hold float32's most negative value used to mask the padded keys
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        x = x.float().view(b, t, heads, d).transpose(1, 2)  # (B, R, T, d)
+        scores = x @ x.transpose(-1, -2) / math.sqrt(d)  # (B, R, T, T)
+        padding = attention_mask[:, None, None, :] == 0  # (B, 1, 1, T): padded keys get no mass
+        return F.log_softmax(scores.masked_fill(padding, torch.finfo(scores.dtype).min), dim=-1)
 
 
 def relation_kl(
