@@ -144,14 +144,10 @@ def _shrink(
     head_grams, neuron_grams = grams if grams is not None else mask_grams(model, groups, batches)
     clock["fisher"] = time.perf_counter() - start
     head_fisher, neuron_fisher = fisher_diagonal(head_grams), fisher_diagonal(neuron_grams)
-    if settings.scores == "block":
-        keep_heads, keep_neurons = search_masks(
-            block_sums(head_grams), block_sums(neuron_grams), costs, budget, settings.resolution
-        )
-    else:
-        keep_heads, keep_neurons = search_masks(
-            head_fisher, neuron_fisher, costs, budget, settings.resolution
-        )
+    block = settings.scores == "block"
+    head_values = block_sums(head_grams) if block else head_fisher
+    neuron_values = block_sums(neuron_grams) if block else neuron_fisher
+    keep_heads, keep_neurons = search_masks(head_values, neuron_values, costs, budget, settings.resolution)
     if settings.rearrange:
         keep_heads = rearrange_masks(keep_heads, head_grams)
         keep_neurons = rearrange_masks(keep_neurons, neuron_grams)

@@ -13,7 +13,7 @@ one layer per layer, not a model pass per layer.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,6 +171,36 @@ def _solve(system: System, damp: float, kind: str, layer: int) -> tuple[torch.Te
     }
 
 
+_Gates = tuple[torch.Tensor, torch.Tensor]
+
+
+def _walk(
+    model: nn.Module,
+    groups: Sequence[LayerGroups],
+    calls: Sequence[LayerCall],
+    keep_heads: torch.Tensor,
+    keep_neurons: torch.Tensor,
+    first_token_last: bool,
+    step: Callable[[LayerGroups, _Targets, list[torch.Tensor], bool], _Gates],
+) -> None:
+    """The tuners' schedule, layer by layer in order: the dense layer on the teacher's states gives the
+    targets; `step(g, targets, student states, first)` tunes layer g and returns its head and neuron
+    gates; the student's states then move on through the tuned layer under those gates. A layer that
+    keeps nothing is not stepped and the student skips it (it will be dropped). At the last layer of a
+    classifier (`first_token_last`) only the first token is matched: nothing else reaches the head."""
+    teacher = [c.hidden for c in calls]
+    student = list(teacher)
+    layers = encoder_layers(model)[1]
+    for g in groups:
+        first = first_token_last and g.layer == len(groups) - 1
+        targets, teacher_next = _teacher(model, g, calls, teacher, first)
+        if bool(keep_heads[g.layer].any()) or bool(keep_neurons[g.layer].any()):
+            head_gates, neuron_gates = step(g, targets, student, first)
+            with gated(model, [g], {g.layer: head_gates}, {g.layer: neuron_gates}):
+                student = [run_layer(layers[g.layer], h, c) for h, c in zip(student, calls, strict=True)]
+        teacher = teacher_next
+
+
 @torch.no_grad()
 def tune_scales(
     model: nn.Module,
@@ -183,37 +213,26 @@ def tune_scales(
 ) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, Any]]]:
     """Scales (L, H) and (L, F) of the kept groups (0 where pruned) and a per-block report."""
     head_scales, neuron_scales = keep_heads.double(), keep_neurons.double()
-    teacher = [c.hidden for c in calls]
-    student = list(teacher)
     report = []
-    layers = encoder_layers(model)[1]
-    for g in groups:
-        first = first_token_last and g.layer == len(groups) - 1
-        targets, teacher_next = _teacher(model, g, calls, teacher, first)
+
+    def step(g: LayerGroups, targets: _Targets, student: list[torch.Tensor], first: bool) -> _Gates:
         heads, neurons = keep_heads[g.layer].nonzero().flatten(), keep_neurons[g.layer].nonzero().flatten()
         if len(heads):
             block = _Block(model, g, calls, student, targets.attention, first)
-            system = _summed(_attention_systems(block, heads))
-            scales, line = _solve(system, damp, "attention", g.layer)
+            scales, line = _solve(_summed(_attention_systems(block, heads)), damp, "attention", g.layer)
             report.append(line)
             if scales is not None:
                 head_scales[g.layer, heads] = scales
         if len(neurons):
             gates = head_scales[g.layer].float()
             block = _Block(model, g, calls, student, targets.ffn, first)
-            system = _summed(_ffn_systems(block, neurons, gates))
-            scales, line = _solve(system, damp, "ffn", g.layer)
+            scales, line = _solve(_summed(_ffn_systems(block, neurons, gates)), damp, "ffn", g.layer)
             report.append(line)
             if scales is not None:
                 neuron_scales[g.layer, neurons] = scales
-        if len(heads) or len(neurons):  # an empty layer is dropped: the student skips it
-            gates_h, gates_n = (
-                {g.layer: head_scales[g.layer].float()},
-                {g.layer: neuron_scales[g.layer].float()},
-            )
-            with gated(model, [g], gates_h, gates_n):
-                student = [run_layer(layers[g.layer], h, c) for h, c in zip(student, calls, strict=True)]
-        teacher = teacher_next
+        return head_scales[g.layer].float(), neuron_scales[g.layer].float()
+
+    _walk(model, groups, calls, keep_heads, keep_neurons, first_token_last, step)
     return head_scales.float(), neuron_scales.float(), report
 
 
@@ -266,19 +285,11 @@ def tune_weights(
     their biases are solved for (`maths.solve_weights`), not one scale per group. Pruned columns are set
     to zero, so the keep masks are then the scales to fold.
     """
-    teacher = [c.hidden for c in calls]
-    student = list(teacher)
     report = []
-    layers = encoder_layers(model)[1]
-    for g in groups:
-        first = first_token_last and g.layer == len(groups) - 1
-        targets, teacher_next = _teacher(model, g, calls, teacher, first)
-        layer = layers[g.layer]
+
+    def step(g: LayerGroups, targets: _Targets, student: list[torch.Tensor], first: bool) -> _Gates:
         heads, neurons = keep_heads[g.layer].nonzero().flatten(), keep_neurons[g.layer].nonzero().flatten()
         out_att, out_ffn = _module(model, g.heads.output.name), _module(model, g.neurons.output.name)
-        if not (len(heads) or len(neurons)):  # an empty layer is dropped: the student skips it
-            teacher = teacher_next
-            continue
         columns = _columns(heads, g.heads.group_size)
         if len(heads):
             inputs = _attention_inputs(_Block(model, g, calls, student, targets.attention, first))
@@ -292,6 +303,7 @@ def tune_weights(
             report.append(_refit(out_ffn, systems, neurons, damp, "ffn", g.layer))
         else:
             out_ffn.weight.zero_()
-        student = [run_layer(layer, h, c) for h, c in zip(student, calls, strict=True)]
-        teacher = teacher_next
+        return keep_heads[g.layer].float(), keep_neurons[g.layer].float()  # pruned columns are zero now
+
+    _walk(model, groups, calls, keep_heads, keep_neurons, first_token_last, step)
     return report
