@@ -136,3 +136,43 @@ def test_quantization_section_round_trips_and_is_left_out_when_off(tmp_path: Pat
     (tmp_path / "recipe.yaml").write_text(dump_recipe(cfg))
     again = validate_recipe(FinetuneConfig, load_recipe(tmp_path / "recipe.yaml"))
     assert again == cfg and again.quantization.start_step(100) == 75
+
+
+@pytest.mark.skipif(
+    not all(available(m) for m in ("openvino", "nncf")), reason="pip install 'prunebert[openvino]'"
+)
+def test_openvino_int8_carries_the_trained_scales(qat_run: Path, tmp_path: Path) -> None:
+    from prunebert.deploy.runtimes import openvino_runner
+
+    model_dir = qat_run / "run" / "model"
+    args = ["export", str(qat_run / "run"), str(tmp_path / "qat"), "--int8", "--format", "openvino"]
+    assert main(args) == 0
+    manifest = json.loads((tmp_path / "qat" / "prunebert_export.json").read_text())
+    assert "quantization-aware" in manifest["int8"]["method"] and manifest["int8"]["qat"]["linears"] == 14
+    assert main(["export", str(model_dir), str(tmp_path / "ptq"), "--int8", "--ignore-qat", "--format",
+                 "openvino", "--calibration", str(qat_run / "task.csv")]) == 0  # fmt: skip
+    simulated = _fake_quantised(model_dir)
+    qat_int8 = openvino_runner(tmp_path / "qat" / "openvino_model.int8.xml", 1, precision="f32")
+    ptq_int8 = openvino_runner(tmp_path / "ptq" / "openvino_model.int8.xml", 1, precision="f32")
+    qat_diff = ptq_diff = 0.0
+    for seed in range(4):
+        x = _inputs(seed)
+        with torch.no_grad():
+            expected = simulated(**{k: torch.from_numpy(v) for k, v in x.items()}).logits.numpy()
+        qat_diff = max(qat_diff, float(np.abs(qat_int8(x) - expected).max()))
+        ptq_diff = max(ptq_diff, float(np.abs(ptq_int8(x) - expected).max()))
+    assert qat_diff < 1e-3 and qat_diff * 10 < ptq_diff, (qat_diff, ptq_diff)
+    assert _openvino_int8_linears(tmp_path / "qat" / "openvino_model.int8.xml") == 14  # int8 kernels run
+
+
+def _openvino_int8_linears(path: Path) -> int:
+    """How many Linears OpenVINO's CPU plugin runs on (u)int8 inputs once compiled."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(path), "CPU")
+    found = 0
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        kind, precision = (info[k].astype(str) for k in ("layerType", "runtimePrecision"))
+        found += kind == "FullyConnected" and precision in ("u8", "i8")
+    return found

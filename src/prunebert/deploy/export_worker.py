@@ -33,6 +33,7 @@ from prunebert.deploy.runtimes import (
     calibration_reader,
     onnxruntime_runner,
     openvino_runner,
+    require,
     torch_runner,
 )
 from prunebert.errors import PrunebertError
@@ -41,7 +42,7 @@ from prunebert.io import move_into_place, write_json
 from prunebert.metrics import compute_metrics
 from prunebert.transforms.pad_empty import pad_empty_blocks
 
-__all__ = ["check_inputs", "export_onnx", "export_openvino", "main", "run_export"]
+__all__ = ["check_inputs", "export_onnx", "export_openvino", "main", "openvino_from_onnx", "run_export"]
 
 
 def check_inputs(model: InferenceModel, seed: int) -> list[dict[str, np.ndarray]]:
@@ -218,23 +219,44 @@ def _quantize(
 ) -> dict[str, Any]:
     """Write the int8 model beside the fp32 one; returns what was done.
 
-    A model trained with QAT (`prunebert_qat.json` beside its weights) gets its trained input ranges in
-    ONNX, no calibration; OpenVINO calibrates as for any model (its trained ranges are not carried yet).
+    A model trained with QAT (`prunebert_qat.json` beside its weights) gets its trained input ranges, no
+    calibration: in ONNX as QDQ pairs, and in OpenVINO by converting that same QDQ ONNX (OpenVINO turns
+    each QuantizeLinear / DequantizeLinear pair into a FakeQuantize and runs the Linears in int8).
     """
     int8_path = fp32_path.parent / FILES[(options.format, True)]
     qat = qat_ranges(model.path) if options.qat_scales else None
-    if qat is not None and options.format == "onnx":
-        prefix = str(getattr(model.module.model, "base_model_prefix", ""))
-        with _scratch_cwd():  # ORT's calibration pass still runs: two small batches feed it
-            return quantize_onnx_qat(fp32_path, int8_path, qat, prefix, check_inputs(model, options.seed))
+    if qat is not None:
+        if options.format == "onnx":
+            return _quantize_qat(model, options, fp32_path, int8_path, qat)
+        require("onnx", "onnxscript", "onnxruntime")  # the QDQ ONNX is made first, then converted
+        with tempfile.TemporaryDirectory(prefix="prunebert-qat-") as scratch:
+            onnx_fp32, qdq = Path(scratch) / "model.onnx", Path(scratch) / "model.int8.onnx"
+            export_onnx(model, onnx_fp32, options.opset)
+            done = _quantize_qat(model, options, onnx_fp32, qdq, qat)
+            openvino_from_onnx(qdq, int8_path, model.output_name)
+        return {**done, "method": f"OpenVINO IR converted from the {done['method']}"}
     calibration = _calibration(options, model)
     with _scratch_cwd():
         if options.format == "onnx":
             return quantize_onnx(fp32_path, int8_path, calibration)
-        done = quantize_openvino(converted, int8_path, calibration)
-    if qat is not None:
-        done["note"] = "the model's QAT input ranges are not carried to OpenVINO: it calibrated"
-    return done
+        return quantize_openvino(converted, int8_path, calibration)
+
+
+def _quantize_qat(
+    model: InferenceModel, options: ExportOptions, source: Path, target: Path, qat: dict[str, Any]
+) -> dict[str, Any]:
+    prefix = str(getattr(model.module.model, "base_model_prefix", ""))
+    with _scratch_cwd():  # ORT's calibration pass still runs: two small batches feed it
+        return quantize_onnx_qat(source, target, qat, prefix, check_inputs(model, options.seed))
+
+
+def openvino_from_onnx(source: Path, target: Path, output_name: str) -> None:
+    """`openvino.convert_model` of an ONNX file (a QDQ one keeps its int8 scales), saved uncompressed."""
+    import openvino as ov
+
+    converted = ov.convert_model(str(source))
+    converted.outputs[0].get_tensor().set_names({output_name})
+    ov.save_model(converted, str(target), compress_to_fp16=False)
 
 
 def _export_into(options: ExportOptions, model: InferenceModel, tmp: Path, out: Path) -> dict[str, Any]:
