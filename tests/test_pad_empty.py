@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.tiny import padded_ids, tiny_classifier
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from prunebert.deploy.export import ExportOptions, export_model
 from prunebert.transforms.pad_empty import pad_empty_blocks
 from prunebert.transforms.slim import SlimPlan, slim_model
+from tiny import padded_ids, tiny_classifier
 
 
 def _empty_blocks(model_type: str) -> nn.Module:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import socket
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -12,10 +16,12 @@ from transformers import PreTrainedTokenizerBase
 
 from prunebert.cli import main
 from prunebert.errors import PrunebertError
+from prunebert.io import LOCK_FILE
 from prunebert.masks import load_masks
 from prunebert.recipes import dump_recipe, load_recipe, validate_recipe
-from prunebert.study import StudyConfig, load_study, study_plan
+from prunebert.study import StudyConfig, load_study, run_study, study_plan
 from prunebert.study.results import final_train_loss
+from prunebert.study.run import _needs
 from tinystudy import RECIPE, chdir, tiny_study
 
 DEFAULT = Path(__file__).resolve().parents[1] / "recipes" / "study-default.yaml"
@@ -226,3 +232,40 @@ def test_distilled_cells_report_their_task_loss(workspace: Path) -> None:
         assert task_losses and rows[(task, "finetune", "magnitude+kd", 0.5)][
             "final_train_loss"
         ] == pytest.approx(sum(task_losses) / len(task_losses))
+
+
+def test_needs_are_the_start_model_and_teacher_runs(workspace: Path) -> None:
+    with chdir(workspace):
+        needs = _needs(study_plan(load_study(Path(RECIPE.name))))
+    assert needs["pretrain/mlm/head"] == set()
+    assert needs["pretrain/mlm/magnitude-50"] == {"pretrain/mlm/head"}
+    assert needs["pretrain/task-b/magnitude-50"] == {"pretrain/mlm/magnitude-50"}
+    assert needs["finetune/task-b/magnitude+kd-50"] == {"finetune/task-b/dense"}
+    assert needs["after-finetune/task-b/magnitude-50"] == {"finetune/task-b/dense"}
+
+
+def test_a_run_another_command_holds_is_skipped_then_run_once_it_is_free(
+    workspace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two commands share a study: a run locked by a live process is left to it; this command runs the
+    rest, waits, and runs the held run itself once its holder has died (its stale lock broken)."""
+    study = workspace / "study"
+    held, free = (
+        study / "finetune" / "task-b" / "random-50",
+        study / "after-finetune" / "task-b" / "magnitude-50",
+    )
+    for run in (held, free):
+        (run / "results.json").unlink()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(2)"])
+    threading.Thread(target=holder.wait, daemon=True).start()  # reaped when it ends: no zombie stays "alive"
+    (held / LOCK_FILE).write_text(f"{holder.pid} {socket.gethostname()}\n")
+    capsys.readouterr()
+    with chdir(workspace):
+        table = run_study(load_study(Path(RECIPE.name)), poll_s=0.2)
+    err = capsys.readouterr().err.splitlines()
+    ran = [line for line in err if line.startswith("[study ") and not line.endswith("(finished: reused)")]
+    assert [line.rsplit(" -> ", 1)[1] for line in ran] == [
+        str(p.relative_to(workspace)) for p in (free, held)
+    ]
+    assert any("runs left, each running in another command" in line for line in err)
+    assert table["complete"] and table["runs_executed"] == 2 and (held / "results.json").is_file()

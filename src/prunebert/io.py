@@ -21,6 +21,7 @@ from prunebert.errors import PrunebertError
 
 __all__ = [
     "LOCK_FILE",
+    "DirectoryInUseError",
     "atomic_path",
     "check_output_dir",
     "expect_mapping",
@@ -162,6 +163,12 @@ def move_into_place(tmp: Path, out: Path) -> None:
 
 
 LOCK_FILE = ".prunebert.lock"
+
+
+class DirectoryInUseError(PrunebertError):
+    """Another live prunebert command holds the directory's lock."""
+
+
 _held: dict[Path, bool] = {}  # lock file -> whether this process created the directory it locks
 
 
@@ -198,7 +205,7 @@ def _break_stale(lock: Path, directory: Path) -> None:
         return
     if pid > 0 and (host != socket.gethostname() or _pid_alive(pid)):
         where = f"PID {pid}" + (f" on {host}" if host != socket.gethostname() else "")
-        raise PrunebertError(
+        raise DirectoryInUseError(
             f"{directory} is in use by another prunebert command ({where}); wait for it to finish, or "
             f"pass another output directory (delete {lock} only if no such command runs)"
         )

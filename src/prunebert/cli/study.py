@@ -16,7 +16,9 @@ __all__ = ["COMMANDS"]
 
 def _add_study(sub: Any) -> None:
     study = sub.add_parser(
-        "study", help="a resumable grid of methods x sparsities x stages x tasks, aggregated to results.csv"
+        "study",
+        help="a resumable grid of methods x sparsities x stages x tasks, aggregated to results.csv; "
+        "several commands on one recipe share its runs (one per core)",
     )
     study.add_argument("recipe", help="study recipe (YAML), e.g. recipes/study-default.yaml")
     study.add_argument("--output_dir", help="where the runs and results go (overrides the recipe's)")
