@@ -1,12 +1,17 @@
-"""Quantization-aware training against post-training int8, in ONNX Runtime (issue 18 item 3).
+"""Quantization-aware training against post-training int8, in ONNX Runtime and OpenVINO (issue 18 item 3).
 
-From the fine-tuned dense minilm-l6 (rotten-tomatoes, whole training split): a short QAT fine-tune
-(`--quantization.qat int8`, fake quantization from the first step, since there are no masks to settle),
-exported with its trained input ranges; and post-training static U8S8 int8 of the starting fp32 model,
-calibrated on 300 training examples. Both exports score fp32 and int8 on the whole test split.
+For each point (a fine-tuned fp32 model: dense, unstructured sparse, slimmed): a short QAT fine-tune
+(`--quantization.qat int8`, fake quantization from the first step; the point's own masks stay fixed;
+distilled from the point itself in fp32, so QAT learns to reproduce the fp32 model's outputs in int8),
+exported with its trained input ranges to ONNX (QDQ) and to OpenVINO (the same QDQ converted); and
+post-training static int8 of the starting fp32 model (ONNX Runtime U8S8 / NNCF), calibrated on 300
+training examples. Every export scores on the whole test split; the deltas are against the starting
+model in fp32 scored on the same examples.
 
-    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/qat.py          # ~30 min on one core
-    .venv/bin/python benchmarks/qat.py --epochs 0.25 --lr 1e-5               # shorter
+    OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/qat.py --task rotten-tomatoes \\
+        --point dense=/work/runs/grid/rotten-tomatoes/dense-0-s0 \\
+        --point gmp90=/work/runs/grid/rotten-tomatoes/gmp-90-s0 \\
+        --point shrink2.5x=/work/runs/shrink/rotten-tomatoes-torch-b1-x2.5-d250-lr0.0001/model
 """
 
 from __future__ import annotations
@@ -21,65 +26,105 @@ import torch
 from prunebert.deploy.export import ExportOptions, export_model
 from prunebert.quantization.qat import QuantizationConfig
 from prunebert.stages.common import TrainConfig
+from prunebert.stages.distill import DistillConfig
 from prunebert.stages.finetune import FinetuneConfig
 from prunebert.stages.runner import run_or_reuse
 from results_table import write_results  # benchmarks/results_table.py: the script's folder is on sys.path
 
 ROOT = Path(__file__).resolve().parent
-TASK = "rotten-tomatoes"
+RUNTIMES = {"onnx": "onnxruntime", "openvino": "openvino"}
 
 
-def _export(model: str, out: Path, qat_scales: bool) -> dict[str, Any]:
-    """int8 ONNX of `model` scored on the whole test split; the manifest's accuracies and int8 method."""
+def _export(model: str, out: Path, fmt: str, task: str, qat_scales: bool) -> dict[str, Any]:
+    """Int8 export of `model` scored on the whole test split: fp32 and int8 accuracy, int8 method."""
     options = ExportOptions(
-        model=model, out=str(out), int8=True, calibration=TASK, eval_examples=None, qat_scales=qat_scales
+        model=model,
+        out=str(out),
+        format=fmt,  # type: ignore[arg-type]
+        int8=True,
+        calibration=task,
+        eval_examples=None,
+        qat_scales=qat_scales,
     )
     manifest = export_model(options, overwrite=True)
-    scores = manifest["accuracy"]["scores"]
+    accuracy = manifest["accuracy"]
+    scores = {name: values[accuracy["metric_key"]] for name, values in accuracy["scores"].items()}
     return {
         "int8_method": manifest["int8"]["method"],
-        "examples": manifest["accuracy"]["examples"],
-        **{f"{name}_accuracy": values["accuracy"] for name, values in scores.items()},
+        "examples": accuracy["examples"],
+        "torch_fp32": scores["torch_fp32"],
+        "int8": scores[f"{fmt}_int8"],
     }
+
+
+def _qat(point: str, model: str, args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """QAT fine-tune of `model` (masks kept fixed, distilled from itself); its output dir and results."""
+    config = FinetuneConfig(
+        model=model,
+        task=args.task,
+        output_dir=args.runs / args.task / point / "qat-int8",
+        seed=args.seed,
+        train=TrainConfig(epochs=args.epochs, learning_rate=args.lr, warmup_ratio=0.0),
+        quantization=QuantizationConfig(qat="int8", start_fraction=0.0),
+        distill=DistillConfig(teacher=model, temperature=2.0, alpha_soft=1.0, alpha_hard=0.0)
+        if args.self_distill
+        else None,
+    )
+    return str(config.output_dir), run_or_reuse(config)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--model", default="/work/runs/dense-rotten-tomatoes-s0", help="fine-tuned fp32 run")
+    parser.add_argument("--task", default="rotten-tomatoes")
+    parser.add_argument(
+        "--point", action="append", required=True, metavar="NAME=MODEL", help="a fine-tuned fp32 model"
+    )
+    parser.add_argument("--formats", nargs="+", default=["onnx", "openvino"], choices=list(RUNTIMES))
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "qat")
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--lr", type=float, default=1e-5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--no-self-distill", dest="self_distill", action="store_false", help="QAT on the labels alone"
+    )
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--output", type=Path, default=ROOT / "results" / "qat.json")
+    parser.add_argument("--output", type=Path, help="default: benchmarks/results/qat_TASK.json")
     args = parser.parse_args()
+    args.output = args.output or ROOT / "results" / f"qat_{args.task}.json"
     torch.set_num_threads(args.threads)
     started = time.time()
-    qat = FinetuneConfig(
-        model=args.model,
-        task=TASK,
-        output_dir=args.runs / "qat-int8",
-        train=TrainConfig(epochs=args.epochs, learning_rate=args.lr, warmup_ratio=0.0),
-        quantization=QuantizationConfig(qat="int8", start_fraction=0.0),
-    )
-    trained = run_or_reuse(qat)
-    rows = [
-        {
-            "arm": "post-training int8",
-            "model": args.model,
-            **_export(args.model, args.runs / "ptq-onnx", False),
-        },
-        {
-            "arm": "qat int8",
-            "model": str(qat.output_dir),
-            "simulated_int8_test_accuracy": trained["metrics"]["test"]["accuracy"],
-            "train_steps": trained["train"]["steps"],
-            **_export(str(qat.output_dir), args.runs / "qat-onnx", True),
-        },
-    ]
-    settings = {"task": TASK, "epochs": args.epochs, "learning_rate": args.lr, "threads": args.threads}
+    rows: list[dict[str, Any]] = []
+    settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
+    for spec in args.point:
+        point, _, model = spec.partition("=")
+        qat_dir, trained = _qat(point, model, args)
+        for fmt in args.formats:
+            out = args.runs / args.task / point
+            ptq = _export(model, out / f"ptq-{fmt}", fmt, args.task, False)
+            qat = _export(qat_dir, out / f"qat-{fmt}", fmt, args.task, True)
+            for arm, found in (("post-training int8", ptq), ("qat int8", qat)):
+                row = {
+                    "point": point,
+                    "model": model,
+                    "runtime": f"{RUNTIMES[fmt]}-int8",
+                    "arm": arm,
+                    "fp32_accuracy": ptq["torch_fp32"],  # the starting model, on the same examples
+                    "int8_accuracy": found["int8"],
+                    "delta_points": 100 * (found["int8"] - ptq["torch_fp32"]),
+                    "examples": found["examples"],
+                    "int8_method": found["int8_method"],
+                }
+                if arm == "qat int8":
+                    row.update(
+                        qat_model=qat_dir,
+                        qat_fp32_accuracy=found["torch_fp32"],
+                        simulated_int8_test_accuracy=trained["metrics"]["test"]["accuracy"],
+                        train_steps=trained["train"]["steps"],
+                    )
+                rows.append(row)
+                print(f"{point:<12} {row['runtime']:<18} {arm:<20} {row['delta_points']:+.2f} pt", flush=True)
+            write_results(args.output, "qat", settings, rows, False, started)
     write_results(args.output, "qat", settings, rows, True, started)
-    for row in rows:
-        print(row["arm"], {k: v for k, v in row.items() if k.endswith("accuracy")})
 
 
 if __name__ == "__main__":
