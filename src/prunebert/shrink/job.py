@@ -33,12 +33,12 @@ from prunebert.stages.distill import DistillConfig
 from prunebert.stages.evaluate import EvaluateConfig, run_evaluate
 from prunebert.stages.finetune import FinetuneConfig, run_finetune
 
-__all__ = ["bench_shrunk", "format_report", "run_shrink"]
+__all__ = ["bench_shrunk", "format_report", "run_shrink", "task_fields"]
 
 REPORT_FILE = "shrink.json"
 
 
-def _task_fields(cfg: ShrinkConfig) -> dict[str, Any]:
+def task_fields(cfg: ShrinkConfig) -> dict[str, Any]:
     """The task section of `cfg`, for the stages it runs (evaluate, finetune)."""
     names = ("task", "text_column", "text_pair_column", "label_column", "max_seq_length", "task_type", "qa")
     return {name: getattr(cfg, name) for name in names}
@@ -113,7 +113,7 @@ def bench_shrunk(model: str, shrunk: Path, cfg: ShrinkConfig, threads: int) -> d
 
 
 def _evaluate(model: str, cfg: ShrinkConfig) -> dict[str, Any]:
-    evaluation = EvaluateConfig(model=model, splits=["dev", "test"], seed=cfg.seed, **_task_fields(cfg))
+    evaluation = EvaluateConfig(model=model, splits=["dev", "test"], seed=cfg.seed, **task_fields(cfg))
     metrics: dict[str, Any] = run_evaluate(evaluation)["metrics"]
     return metrics
 
@@ -131,7 +131,7 @@ def _distill(model: str, start: Path, cfg: ShrinkConfig, overwrite: bool) -> dic
             save_steps=max(cfg.distill_steps, 1),
         ),
         distill=DistillConfig(teacher=model),
-        **_task_fields(cfg),
+        **task_fields(cfg),
     )
     return run_finetune(finetune, overwrite=overwrite)
 

@@ -6,7 +6,8 @@ not re-run, but only if it was made by the same recipe; a stale directory is an 
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
 from prunebert.errors import PrunebertError
 from prunebert.io import expect_mapping, read_json
@@ -14,12 +15,21 @@ from prunebert.stages.common import RESULTS_FILE
 from prunebert.stages.finetune import FinetuneConfig, run_finetune
 from prunebert.stages.pretrain import PretrainConfig, run_pretrain
 
-__all__ = ["StageConfig", "finished_run", "run_or_reuse", "run_stage"]
+__all__ = ["RunRecipe", "StageConfig", "finished_run", "run_or_reuse", "run_stage"]
 
 StageConfig = PretrainConfig | FinetuneConfig
 
 
-def finished_run(config: StageConfig) -> dict[str, Any] | None:
+class RunRecipe(Protocol):
+    """A run's recipe: where the run goes, and its JSON form (what a finished run's results record)."""
+
+    @property
+    def output_dir(self) -> Path: ...
+
+    def model_dump(self, *, mode: Literal["json"]) -> dict[str, Any]: ...
+
+
+def finished_run(config: RunRecipe) -> dict[str, Any] | None:
     """The results of a finished run of this recipe in its directory; None if it has not finished."""
     done = config.output_dir / RESULTS_FILE
     if not done.is_file():

@@ -27,11 +27,15 @@ from prunebert.data.spec import TaskSpec
 from prunebert.recipes import StrictModel
 from prunebert.stages.distill import DistillConfig
 
-__all__ = ["STAGES", "STUDY_FILE", "Stage", "StudyConfig", "StudyMethod", "StudyTask"]
+__all__ = ["SHRINK", "STAGES", "STUDY_FILE", "Stage", "StudyConfig", "StudyMethod", "StudyTask"]
 
 Stage = Literal["pretrain", "finetune", "after-finetune"]
 STAGES: tuple[Stage, ...] = ("pretrain", "finetune", "after-finetune")
 STUDY_FILE = "study.yaml"
+#: the method name of retraining-free structured pruning (`prunebert shrink`): an after-finetune arm whose
+#: sparsity is the fraction of encoder FLOPs removed and whose `pruning` holds `shrink` options
+SHRINK = "shrink"
+_SHRINK_FIXED = {"model", "output_dir", "seed", "speedup", "flops", "distill_steps", *TaskSpec.model_fields}
 _SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 #: keys a stage section may not set: the study decides them per run
 _PRETRAIN_FIXED = {"model", "text", "output_dir", "seed"}
@@ -143,6 +147,15 @@ class StudyConfig(StrictModel):
         _unique_slugs([t.label for t in self.tasks], "task", reserved={"mlm"})
         _unique_slugs([m.name for m in self.methods], "method", reserved={"dense"})
         for m in self.methods:
+            if m.registered == SHRINK and (m.stages or self.stages) != ["after-finetune"]:
+                raise ValueError(
+                    f"method {m.name!r} (shrink) starts fine-tuned; give it `stages: [after-finetune]`"
+                )
+            clash = sorted(_SHRINK_FIXED & set(m.pruning)) if m.registered == SHRINK else []
+            if clash:
+                raise ValueError(
+                    f"method {m.name!r}: {clash[0]!r} is set by the study (the sparsity is FLOPs)"
+                )
             extra = sorted(set(m.stages or []) - set(self.stages))
             if extra:
                 raise ValueError(f"method {m.name!r} runs in stage {extra[0]!r}, which is not in `stages`")

@@ -8,12 +8,16 @@ from typing import Any
 
 from prunebert.errors import PrunebertError
 from prunebert.recipes import load_recipe, validate_recipe
+from prunebert.shrink.stage import ShrinkRunConfig
 from prunebert.stages.finetune import FinetuneConfig
 from prunebert.stages.pretrain import PretrainConfig
 from prunebert.stages.runner import StageConfig
-from prunebert.study.config import Stage, StudyConfig, StudyMethod, StudyTask
+from prunebert.study.config import SHRINK, Stage, StudyConfig, StudyMethod, StudyTask
 
-__all__ = ["Cell", "PlannedRun", "StudyPlan", "load_study", "study_plan"]
+__all__ = ["Cell", "PlannedRun", "RunConfig", "StudyPlan", "load_study", "study_plan"]
+
+#: what a study runs: a stage run, or a retraining-free shrink run (a `shrink` arm)
+RunConfig = StageConfig | ShrinkRunConfig
 
 
 @dataclass(frozen=True)
@@ -22,7 +26,7 @@ class PlannedRun:
 
     key: str
     label: str
-    config: StageConfig
+    config: RunConfig
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,7 @@ class Cell:
     run: str
     mlm: str | None = None
     start: str | None = None  # after-finetune: the dense fine-tuned model it started from
+    shrunk: str | None = None  # a shrink arm: the retraining-free shrink run the recovery started from
 
 
 @dataclass
@@ -45,7 +50,7 @@ class StudyPlan:
     runs: list[PlannedRun]
     cells: list[Cell]
 
-    def add(self, key: str, label: str, config: StageConfig) -> str:
+    def add(self, key: str, label: str, config: RunConfig) -> str:
         """Append a run unless planned already (dense runs are shared); returns its key."""
         if all(r.key != key for r in self.runs):
             self.runs.append(PlannedRun(key, label, config))
@@ -61,7 +66,7 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _validated(cls: type[StageConfig], recipe: dict[str, Any], where: str) -> StageConfig:
+def _validated(cls: type[RunConfig], recipe: dict[str, Any], where: str) -> RunConfig:
     try:
         return validate_recipe(cls, recipe)
     except PrunebertError as exc:
@@ -108,6 +113,14 @@ class _Planner:
             "seed": self.cfg.seed,
         }
         return self.plan.add(key, label, _validated(PretrainConfig, {**base, **fixed, **extra}, "pretrain"))
+
+    def shrink(
+        self, key: str, label: str, model: str, task: StudyTask, arm: StudyMethod, sparsity: float
+    ) -> str:
+        """Plan a retraining-free `shrink` of `model` removing `sparsity` of the encoder's FLOPs."""
+        fixed = {"model": model, "output_dir": str(self.cfg.output_dir / key), "seed": self.cfg.seed}
+        recipe = {"bench": False, **arm.pruning, **task.spec(), **fixed, "flops": 1.0 - sparsity}
+        return self.plan.add(key, label, _validated(ShrinkRunConfig, recipe, f"methods: {arm.name}"))
 
     def dense_finetuned(self, task: StudyTask) -> str:
         """The dense fine-tuned model of `task`: finetune baseline, after-finetune start, KD teacher."""
@@ -173,11 +186,19 @@ def _plan_task_stage(p: _Planner, stage: Stage) -> None:
             p.plan.cells.append(Cell(stage, task.label, "dense", 0.0, key, start=start))
         for sparsity in [s for s in cfg.sparsities if s > 0]:
             for arm in cfg.arms(stage):
-                extra = {"pruning": p.pruning(settings, arm, sparsity), **p.teacher(arm, task)}
                 key = f"{stage}/{task.label}/{arm.name}-{_pct(sparsity)}"
                 label = f"{stage} {task.label} {arm.name} {_pct(sparsity)}%"
-                p.finetune(key, label, model, task, section, extra)
-                p.plan.cells.append(Cell(stage, task.label, arm.name, sparsity, key, start=start))
+                shrunk = None
+                if arm.registered == SHRINK:  # retraining-free structured pruning, then the same recovery
+                    shrunk = p.shrink(f"{key}-zero-step", f"{label} (shrink)", model, task, arm, sparsity)
+                    extra = p.teacher(arm, task)
+                    p.finetune(key, label, str(cfg.output_dir / shrunk), task, section, extra)
+                else:
+                    extra = {"pruning": p.pruning(settings, arm, sparsity), **p.teacher(arm, task)}
+                    p.finetune(key, label, model, task, section, extra)
+                p.plan.cells.append(
+                    Cell(stage, task.label, arm.name, sparsity, key, start=start, shrunk=shrunk)
+                )
 
 
 def study_plan(cfg: StudyConfig) -> StudyPlan:

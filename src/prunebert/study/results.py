@@ -129,6 +129,15 @@ def cell_row(cell: Cell, results: Mapping[str, Mapping[str, Any]], root: Path) -
     }
     for split in ("dev", "test"):
         row.update({f"{split}_{k}": v for k, v in metrics[split].items()})
+    if cell.shrunk is not None and cell.shrunk in results:  # structured: no zeros, FLOPs removed
+        shrunk = results[cell.shrunk]
+        row.update(
+            achieved_sparsity=float(shrunk["sparsity"]["overall"]),
+            sparsity_measure=shrunk["sparsity"]["measure"],
+            zero_step_dev_metric=shrunk["metrics"]["dev"][primary],
+            zero_step_test_metric=shrunk["metrics"]["test"][primary],
+            shrink_dir=cell.shrunk,
+        )
     if cell.mlm is not None:
         mlm = mlm_row(cell.mlm, cell.method, results[cell.mlm], root)
         row.update({k: mlm[k] for k in ("mlm_loss", "mlm_accuracy", "mlm_perplexity")})

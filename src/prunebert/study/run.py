@@ -14,9 +14,10 @@ from typing import Any
 
 from prunebert.io import DirectoryInUseError, atomic_path, lock_dir, unlock_dir
 from prunebert.recipes import dump_recipe
+from prunebert.shrink.stage import ShrinkRunConfig, run_shrink_stage
 from prunebert.stages.runner import finished_run, run_stage
 from prunebert.study.config import STUDY_FILE, StudyConfig
-from prunebert.study.plan import PlannedRun, StudyPlan, study_plan
+from prunebert.study.plan import PlannedRun, RunConfig, StudyPlan, study_plan
 from prunebert.study.results import aggregate, write_tables
 
 __all__ = ["run_study"]
@@ -31,6 +32,10 @@ def _needs(plan: StudyPlan) -> dict[str, set[str]]:
         reads = {str(run.config.model), str(getattr(distill, "teacher", ""))}
         needs[run.key] = {by_dir[path] for path in reads if path in by_dir}
     return needs
+
+
+def _run(config: RunConfig) -> dict[str, Any]:
+    return run_shrink_stage(config) if isinstance(config, ShrinkRunConfig) else run_stage(config)
 
 
 def run_study(cfg: StudyConfig, poll_s: float = 30.0) -> dict[str, Any]:
@@ -73,7 +78,7 @@ def run_study(cfg: StudyConfig, poll_s: float = 30.0) -> dict[str, Any]:
             done = finished_run(run.config)  # another command may have finished it since we looked
             if done is None:
                 progress(run)
-                done = run_stage(run.config)
+                done = _run(run.config)
                 executed += 1
             else:
                 unlock_dir(run.config.output_dir)
