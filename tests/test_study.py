@@ -83,6 +83,10 @@ def test_one_pretrained_model_per_sparsity_serves_every_task(workspace: Path) ->
         ("dense", 0.0),
         ("magnitude", 0.5),
     ]
+    for run in table["pretrain_runs"]:  # how far the embeddings moved from the start, beside MLM
+        result = _run(workspace / "study" / run["run_dir"])["metrics"]
+        assert run["representation_cosine"] == result["representation_cosine"] <= 1.0
+    assert all(-1 <= r["representation_cosine"] <= 1 for r in rows)
     study = workspace / "study"
     mlm, _ = load_masks(study / rows[0]["mlm_masks"])
     for row in rows:  # the transferred mask is exactly the pre-training mask: kept fixed

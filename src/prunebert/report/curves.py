@@ -144,15 +144,18 @@ def mlm_vs_sparsity(res: StudyResults, out: Path) -> Section:
         raise Skip("the study has no finished pretrain (MLM) runs")
     colors = method_colors(res.methods())
     dense = [r for r in runs if r["method"] == "dense"]
-    fig, axes = panel_grid(2)
-    panels = (("mlm_loss", "MLM loss"), ("mlm_accuracy", "masked-token accuracy"))
+    panels = [("mlm_loss", "MLM loss"), ("mlm_accuracy", "masked-token accuracy")]
+    if any(r.get("representation_cosine") is not None for r in runs):
+        panels.append(("representation_cosine", "embedding cosine to the start"))
+    fig, axes = panel_grid(len(panels))
     for ax, (key, ylabel) in zip(axes, panels, strict=True):
-        if dense:
-            _dense_level(ax, dense, key, color="0.45", lw=1.2, label="dense (same MLM steps)")
+        level = [r for r in dense if r.get(key) is not None]
+        if level:
+            _dense_level(ax, level, key, color="0.45", lw=1.2, label="dense (same MLM steps)")
         for method, color in colors.items():
-            arm = [r for r in runs if r["method"] == method]
+            arm = [r for r in runs if r["method"] == method and r.get(key) is not None]
             if arm:
-                _line(ax, dense + arm, key, marker="o", color=color, label=method)
+                _line(ax, level + arm, key, marker="o", color=color, label=method)
         style_axes(ax, SPARSITY_LABEL, ylabel, f"held-out {ylabel} vs sparsity")
     if dense and dense[0].get("mlm_loss_before") is not None:
         axes[0].axhline(float(dense[0]["mlm_loss_before"]), color="0.7", ls=":", label="before the MLM stage")
@@ -164,5 +167,7 @@ def mlm_vs_sparsity(res: StudyResults, out: Path) -> Section:
         out,
         "Masked-LM loss and accuracy on the held-out blocks of the MLM text at the end of the pre-training "
         "stage, per pruning method; grey: the dense model after the same number of MLM steps, dotted: "
-        "the starting point of the stage." + seeds_note(res),
+        "the starting point of the stage. Where measured, the third panel is how close the sentence "
+        "embeddings (mean-pooled last hidden states) stay to the starting model's: mean cosine over the "
+        "held-out blocks." + seeds_note(res),
     )

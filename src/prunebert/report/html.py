@@ -37,6 +37,7 @@ _COLUMNS = (
     ("final_train_loss", "final train loss", "f"),
     ("mlm_loss", "MLM loss", "f"),
     ("mlm_accuracy", "MLM acc", "%"),
+    ("representation_cosine", "embedding cos", "f"),
 )
 
 

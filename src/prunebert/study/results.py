@@ -59,6 +59,11 @@ FIRST_COLUMNS = (
     "start_dir",
 )
 
+#: pretrain metrics carried beside the MLM ones when the run has them: how close the sentence embeddings
+#: stay to the dense starting model (cosine of mean-pooled states; mean and worst sequence), and the
+#: distillation loss of a run distilled from it
+PRETRAIN_EXTRAS = ("representation_cosine", "representation_cosine_min", "distill_loss")
+
 
 def final_train_loss(train: Mapping[str, Any], tail: float = 0.2) -> float | None:
     """Mean logged task loss over the last `tail` of the steps (the last logged loss if none there).
@@ -96,6 +101,7 @@ def mlm_row(key: str, method: str, result: Mapping[str, Any], root: Path) -> dic
         "mlm_accuracy": metrics["mlm_accuracy"],
         "mlm_perplexity": metrics["mlm_perplexity"],
         "mlm_loss_before": (result.get("metrics_before") or {}).get("mlm_loss"),
+        **{key: metrics[key] for key in PRETRAIN_EXTRAS if key in metrics},
         "train_steps": result["train"]["steps"],
         "runtime_s": result["train"]["runtime_s"],
         "model_dir": f"{key}/model",
@@ -140,7 +146,9 @@ def cell_row(cell: Cell, results: Mapping[str, Mapping[str, Any]], root: Path) -
         )
     if cell.mlm is not None:
         mlm = mlm_row(cell.mlm, cell.method, results[cell.mlm], root)
-        row.update({k: mlm[k] for k in ("mlm_loss", "mlm_accuracy", "mlm_perplexity")})
+        row.update(
+            {k: mlm[k] for k in ("mlm_loss", "mlm_accuracy", "mlm_perplexity", *PRETRAIN_EXTRAS) if k in mlm}
+        )
         row.update(mlm_run_dir=cell.mlm, mlm_masks=mlm["masks"])
     return row
 
