@@ -139,3 +139,18 @@ def test_qat_student_distils_from_an_fp32_teacher_with_hidden_states(tmp_path: P
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
     assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
     assert all(torch.equal(w == 0, ~pruner.masks[n]) for n, w in pruner.weights().items())
+
+
+def test_fake_quantised_linear_computes_in_float32_under_bf16_autocast() -> None:
+    """Half precision would round the int8 grid (x / scale, q * s): the simulation must stay exact."""
+    torch.manual_seed(0)
+    linear = nn.Linear(16, 8)
+    qat = QuantizationAware(nn.Sequential(linear), INT8)
+    qat.set_active(True)
+    x = torch.randn(4, 16) * 20
+    linear(x)  # the range
+    linear.eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        found = linear(x.bfloat16())
+    assert found.dtype == torch.float32
+    assert torch.allclose(found, linear(x.bfloat16().float()), atol=1e-5)

@@ -107,8 +107,12 @@ class FakeQuantLinear(nn.Linear):
         elif not self.observed():
             return F.linear(x, self.weight, self.bias)
         scale, zero_point = (t.to(x.device) for t in self.qparams())
-        x = fake_quantize(x, scale, zero_point, *ACTIVATION_RANGE)
-        return F.linear(x, fake_quantize_weight(self.weight), self.bias)
+        # in float32 even under bf16 / fp16 autocast: the int8 grid values (and their products, summed as
+        # int32 by the deployed kernels) are exact there, and would be rounded in half precision
+        with torch.autocast(x.device.type, enabled=False):
+            x = fake_quantize(x.float(), scale, zero_point, *ACTIVATION_RANGE)
+            weight = fake_quantize_weight(self.weight.float())
+            return F.linear(x, weight, None if self.bias is None else self.bias.float())
 
 
 class QuantizationAware:
