@@ -154,3 +154,16 @@ def test_fake_quantised_linear_computes_in_float32_under_bf16_autocast() -> None
         found = linear(x.bfloat16())
     assert found.dtype == torch.float32
     assert torch.allclose(found, linear(x.bfloat16().float()), atol=1e-5)
+
+
+def test_fp32_linears_stay_plain_and_a_pattern_matching_nothing_is_an_error() -> None:
+    model = tiny_classifier()
+    qat = QuantizationAware(model, QuantizationConfig(qat="int8", fp32_linears=r"layer\.\d+\.output\.dense$"))
+    assert qat.fp32 == ["bert.encoder.layer.0.output.dense", "bert.encoder.layer.1.output.dense"]
+    assert all(type(model.get_submodule(n)) is nn.Linear for n in qat.fp32)
+    assert len(qat.modules) == 2 * 6 + 2 - 2 and not set(qat.fp32) & set(qat.modules)
+    assert qat.state_dict()["fp32_linears"] == qat.fp32
+    with pytest.raises(PrunebertError, match=r"matches no Linear of this model \(names look like 'bert\."):
+        QuantizationAware(tiny_classifier(), QuantizationConfig(qat="int8", fp32_linears="ffn\\.lin2"))
+    with pytest.raises(ValueError, match="fp32_linears is not a regular expression"):
+        QuantizationConfig(qat="int8", fp32_linears="(")

@@ -176,3 +176,26 @@ def _openvino_int8_linears(path: Path) -> int:
         kind, precision = (info[k].astype(str) for k in ("layerType", "runtimePrecision"))
         found += kind == "FullyConnected" and precision in ("u8", "i8")
     return found
+
+
+def test_fp32_linears_are_trained_and_exported_in_fp32(
+    tmp_path: Path, tiny_tokenizer: PreTrainedTokenizerBase
+) -> None:
+    import onnx
+
+    root = write_workspace(tmp_path, tiny_tokenizer)
+    args = ["finetune", "--model", str(root / "tiny-encoder"), "--task", str(root / "task.csv")]
+    args += ["--output_dir", str(root / "run"), "--max_seq_length", "16", "--train.max_steps", "4"]
+    args += ["--quantization.qat", "int8", "--quantization.start_fraction", "0"]
+    assert main([*args, "--quantization.fp32_linears", r"layer\.\d+\.output\.dense$"]) == 0
+    record = json.loads((root / "run" / "results.json").read_text())["quantization"]
+    kept = ["bert.encoder.layer.0.output.dense", "bert.encoder.layer.1.output.dense"]
+    assert record["fp32_kept"] == kept and record["linears"] == 12
+    assert main(["export", str(root / "run"), str(tmp_path / "out"), "--int8"]) == 0
+    manifest = json.loads((tmp_path / "out" / "prunebert_export.json").read_text())
+    assert manifest["int8"]["qat"]["fp32_linears"] == kept and manifest["int8"]["qat"]["linears"] == 12
+    nodes = linear_nodes(onnx.load(str(tmp_path / "out" / "model.onnx")).graph)
+    graph = onnx.load(str(tmp_path / "out" / "model.int8.onnx")).graph
+    quantized_inputs = {n.input[0] for n in graph.node if n.op_type == "QuantizeLinear"}
+    for module, node in nodes.items():
+        assert (node.input[0] in quantized_inputs) == (module not in kept), module

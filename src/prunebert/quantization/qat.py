@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -65,6 +66,21 @@ class QuantizationConfig(StrictModel):
     ema_decay: float = Field(
         0.99, ge=0, lt=1, description="input range <- decay * range + (1 - decay) * the batch's min / max"
     )
+    fp32_linears: str | None = Field(
+        None,
+        description="regex (re.search) of Linear names kept in fp32, in training and in the int8 export, "
+        r"e.g. 'layer\.\d+\.output\.dense$' for BERT's FFN down-projections (mixed precision)",
+    )
+
+    @field_validator("fp32_linears")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"fp32_linears is not a regular expression ({exc})") from None
+        return value
 
     def start_step(self, total_steps: int) -> int:
         """The first optimizer step trained with fake quantization."""
@@ -123,9 +139,21 @@ class QuantizationAware:
             raise PrunebertError(f"QuantizationAware needs qat int8, got {config.qat!r}")
         self.model, self.config = model, config
         self.modules: dict[str, FakeQuantLinear] = {}
+        self.fp32: list[str] = []
+        keep = re.compile(config.fp32_linears) if config.fp32_linears else None
         for name, module in model.named_modules():
-            if type(module) is nn.Linear:  # subclasses (e.g. a lowrank factor's own class) keep theirs
+            if type(module) is not nn.Linear:  # subclasses (e.g. a lowrank factor's own class) keep theirs
+                continue
+            if keep is not None and keep.search(name):
+                self.fp32.append(name)
+            else:
                 self.modules[name] = _swap_in(module, config.ema_decay)
+        if keep is not None and not self.fp32:
+            example = next(iter(self.modules), "none")
+            raise PrunebertError(
+                f"quantization.fp32_linears {config.fp32_linears!r} matches no Linear of this model "
+                f"(names look like {example!r})"
+            )
 
     def set_active(self, active: bool) -> None:
         """Switch fake quantization on or off in every Linear."""
@@ -158,7 +186,7 @@ class QuantizationAware:
                     "scale": scale.item(),
                     "zero_point": int(zero_point.item()),
                 }
-        return {"active": self.active, "linears": linears}
+        return {"active": self.active, "linears": linears, "fp32_linears": list(self.fp32)}
 
     def load_state_dict(self, state: dict[str, Any], source: str = "the QAT state") -> None:
         """Restore ranges saved by `state_dict` (names with or without the base-model prefix)."""

@@ -263,5 +263,10 @@ def _qat_record(
     if qat is None:
         return None
     linears = qat.state_dict()["linears"]
-    record = {"file": f"model/{QAT_FILE}", "start_step": config.start_step(steps), "linears": len(linears)}
+    record = {
+        "file": f"model/{QAT_FILE}",
+        "start_step": config.start_step(steps),
+        "linears": len(linears),
+        "fp32_kept": list(qat.fp32),
+    }
     return {**config.model_dump(mode="json"), **record, "metrics": "simulated int8 (fake-quantised)"}
