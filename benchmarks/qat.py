@@ -17,6 +17,8 @@ model in fp32 scored on the same examples.
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -46,7 +48,9 @@ def _export(model: str, out: Path, fmt: str, task: str, qat_scales: bool) -> dic
         eval_examples=None,
         qat_scales=qat_scales,
     )
-    manifest = export_model(options, overwrite=True)
+    done = out / "prunebert_export.json"
+    reuse = done.is_file() and json.loads(done.read_text()).get("options") == options.model_dump(mode="json")
+    manifest = json.loads(done.read_text()) if reuse else export_model(options, overwrite=True)
     accuracy = manifest["accuracy"]
     scores = {name: values[accuracy["metric_key"]] for name, values in accuracy["scores"].items()}
     return {
@@ -62,10 +66,10 @@ def _qat(point: str, model: str, args: argparse.Namespace) -> tuple[str, dict[st
     config = FinetuneConfig(
         model=model,
         task=args.task,
-        output_dir=args.runs / args.task / point / "qat-int8",
+        output_dir=args.runs / args.task / point / f"qat-int8{args.tag}",
         seed=args.seed,
         train=TrainConfig(epochs=args.epochs, learning_rate=args.lr, warmup_ratio=0.0),
-        quantization=QuantizationConfig(qat="int8", start_fraction=0.0),
+        quantization=QuantizationConfig(qat="int8", start_fraction=0.0, fp32_linears=args.fp32_linears),
         distill=DistillConfig(teacher=model, temperature=2.0, alpha_soft=1.0, alpha_hard=0.0)
         if args.self_distill
         else None,
@@ -87,10 +91,15 @@ def main() -> None:
     parser.add_argument(
         "--no-self-distill", dest="self_distill", action="store_false", help="QAT on the labels alone"
     )
+    parser.add_argument(
+        "--fp32-linears",
+        help=r"regex of Linears kept in fp32 (mixed precision), e.g. 'layer\.\d+\.output\.dense$'",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", type=Path, help="default: benchmarks/results/qat_TASK.json")
     args = parser.parse_args()
-    args.output = args.output or ROOT / "results" / f"qat_{args.task}.json"
+    args.tag = "-fp32-" + re.sub(r"[^A-Za-z0-9]+", "", args.fp32_linears) if args.fp32_linears else ""
+    args.output = args.output or ROOT / "results" / f"qat_{args.task}{'_mixed' if args.tag else ''}.json"
     torch.set_num_threads(args.threads)
     started = time.time()
     rows: list[dict[str, Any]] = []
@@ -101,12 +110,13 @@ def main() -> None:
         for fmt in args.formats:
             out = args.runs / args.task / point
             ptq = _export(model, out / f"ptq-{fmt}", fmt, args.task, False)
-            qat = _export(qat_dir, out / f"qat-{fmt}", fmt, args.task, True)
+            qat = _export(qat_dir, out / f"qat-{fmt}{args.tag}", fmt, args.task, True)
             for arm, found in (("post-training int8", ptq), ("qat int8", qat)):
                 row = {
                     "point": point,
                     "model": model,
                     "runtime": f"{RUNTIMES[fmt]}-int8",
+                    "fp32_linears": args.fp32_linears if arm == "qat int8" else None,
                     "arm": arm,
                     "fp32_accuracy": ptq["torch_fp32"],  # the starting model, on the same examples
                     "int8_accuracy": found["int8"],
