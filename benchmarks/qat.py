@@ -77,11 +77,34 @@ def _qat(point: str, model: str, args: argparse.Namespace) -> tuple[str, dict[st
     return str(config.output_dir), run_or_reuse(config)
 
 
+def _table(paths: list[Path]) -> str:
+    """One Markdown row per point, runtime and arm of the given results files."""
+    lines = [
+        "| point | runtime | arm | fp32 Linears | fp32 acc | int8 acc | change |",
+        "|---|---|---|---|---:|---:|---:|",
+    ]
+    for path in paths:
+        for row in json.loads(path.read_text())["cells"]:
+            kept = f"`{row['fp32_linears']}`" if row.get("fp32_linears") else "none"
+            kept = kept if row["arm"] == "qat int8" else "the engine's choice"
+            accuracy = f"{100 * row['fp32_accuracy']:.1f}% | {100 * row['int8_accuracy']:.1f}%"
+            cells = [
+                row["point"],
+                row["runtime"],
+                row["arm"],
+                kept,
+                accuracy,
+                f"{row['delta_points']:+.2f} pt",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--task", default="rotten-tomatoes")
     parser.add_argument(
-        "--point", action="append", required=True, metavar="NAME=MODEL", help="a fine-tuned fp32 model"
+        "--point", action="append", default=[], metavar="NAME=MODEL", help="a fine-tuned fp32 model"
     )
     parser.add_argument("--formats", nargs="+", default=["onnx", "openvino"], choices=list(RUNTIMES))
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "qat")
@@ -97,7 +120,11 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", type=Path, help="default: benchmarks/results/qat_TASK.json")
+    parser.add_argument("--table", nargs="+", type=Path, help="print the Markdown table of these results")
     args = parser.parse_args()
+    if args.table:
+        print(_table(args.table))
+        return
     args.tag = "-fp32-" + re.sub(r"[^A-Za-z0-9]+", "", args.fp32_linears) if args.fp32_linears else ""
     args.output = args.output or ROOT / "results" / f"qat_{args.task}{'_mixed' if args.tag else ''}.json"
     torch.set_num_threads(args.threads)
