@@ -4,6 +4,7 @@ its weights are quantized as in training, and it computes what the fake-quantise
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -95,17 +96,22 @@ def test_int8_onnx_carries_the_trained_scales_and_matches_the_fake_quantised_mod
     simulated = _fake_quantised(model_dir)
     qat_int8 = onnxruntime_runner(tmp_path / "qat" / "model.int8.onnx", threads=1)
     ptq_int8 = onnxruntime_runner(tmp_path / "ptq" / "model.int8.onnx", threads=1)
-    qat_diff = ptq_diff = 0.0
-    for seed in range(4):
-        x = _inputs(seed)
-        with torch.no_grad():
-            expected = simulated(**{k: torch.from_numpy(v) for k, v in x.items()}).logits.numpy()
-        qat_diff = max(qat_diff, float(np.abs(qat_int8(x) - expected).max()))
-        ptq_diff = max(ptq_diff, float(np.abs(ptq_int8(x) - expected).max()))
+    qat_diff, ptq_diff = (_max_diff_from(simulated, run) for run in (qat_int8, ptq_int8))
     # end to end the two differ only where a float-rounding difference upstream (attention) flips one
     # integer, which a tiny model's LayerNorms amplify; Linear by Linear they compute the same numbers
     assert qat_diff < 1e-3 and qat_diff * 10 < ptq_diff, (qat_diff, ptq_diff)
     _assert_each_linear_matches(tmp_path / "qat" / "model.int8.onnx", linear_nodes(fp32), simulated)
+
+
+def _max_diff_from(simulated: torch.nn.Module, run: Callable[[dict[str, np.ndarray]], np.ndarray]) -> float:
+    """Largest |logit difference| of an exported model from the fake-quantised one over four batches."""
+    diff = 0.0
+    for seed in range(4):
+        x = _inputs(seed)
+        with torch.no_grad():
+            expected = simulated(**{k: torch.from_numpy(v) for k, v in x.items()}).logits.numpy()
+        diff = max(diff, float(np.abs(run(x) - expected).max()))
+    return diff
 
 
 def _assert_each_linear_matches(path: Path, nodes: dict, simulated: torch.nn.Module) -> None:
@@ -154,13 +160,7 @@ def test_openvino_int8_carries_the_trained_scales(qat_run: Path, tmp_path: Path)
     simulated = _fake_quantised(model_dir)
     qat_int8 = openvino_runner(tmp_path / "qat" / "openvino_model.int8.xml", 1, precision="f32")
     ptq_int8 = openvino_runner(tmp_path / "ptq" / "openvino_model.int8.xml", 1, precision="f32")
-    qat_diff = ptq_diff = 0.0
-    for seed in range(4):
-        x = _inputs(seed)
-        with torch.no_grad():
-            expected = simulated(**{k: torch.from_numpy(v) for k, v in x.items()}).logits.numpy()
-        qat_diff = max(qat_diff, float(np.abs(qat_int8(x) - expected).max()))
-        ptq_diff = max(ptq_diff, float(np.abs(ptq_int8(x) - expected).max()))
+    qat_diff, ptq_diff = (_max_diff_from(simulated, run) for run in (qat_int8, ptq_int8))
     assert qat_diff < 1e-3 and qat_diff * 10 < ptq_diff, (qat_diff, ptq_diff)
     assert _openvino_int8_linears(tmp_path / "qat" / "openvino_model.int8.xml") == 14  # int8 kernels run
 
