@@ -49,8 +49,9 @@ def _export(model: str, out: Path, fmt: str, task: str, qat_scales: bool) -> dic
         qat_scales=qat_scales,
     )
     done = out / "prunebert_export.json"
-    reuse = done.is_file() and json.loads(done.read_text()).get("options") == options.model_dump(mode="json")
-    manifest = json.loads(done.read_text()) if reuse else export_model(options, overwrite=True)
+    manifest = json.loads(done.read_text()) if done.is_file() else {}
+    if manifest.get("options") != options.model_dump(mode="json"):  # not this export: make it
+        manifest = export_model(options, overwrite=True)
     accuracy = manifest["accuracy"]
     scores = {name: values[accuracy["metric_key"]] for name, values in accuracy["scores"].items()}
     return {
@@ -86,7 +87,8 @@ def _table(paths: list[Path]) -> str:
     for path in paths:
         for row in json.loads(path.read_text())["cells"]:
             kept = f"`{row['fp32_linears']}`" if row.get("fp32_linears") else "none"
-            kept = kept if row["arm"] == "qat int8" else "the engine's choice"
+            if row["arm"] != "qat int8":
+                kept = "the engine's choice"
             accuracy = f"{100 * row['fp32_accuracy']:.1f}% | {100 * row['int8_accuracy']:.1f}%"
             cells = [
                 row["point"],
@@ -125,6 +127,9 @@ def main() -> None:
     if args.table:
         print(_table(args.table))
         return
+    bad = [spec for spec in args.point if not all(spec.partition("=")[::2])]
+    if not args.point or bad:
+        parser.error(f"give each point as --point NAME=MODEL (got {bad or 'none'})")
     args.tag = "-fp32-" + re.sub(r"[^A-Za-z0-9]+", "", args.fp32_linears) if args.fp32_linears else ""
     args.output = args.output or ROOT / "results" / f"qat_{args.task}{'_mixed' if args.tag else ''}.json"
     torch.set_num_threads(args.threads)

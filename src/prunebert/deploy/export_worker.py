@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from prunebert.deploy.export import EXPORT_FILE, FILES, ExportOptions
+from prunebert.deploy.export import EXPORT_FILE, FILES, ExportOptions, needs
 from prunebert.deploy.inference import (
     InferenceModel,
     TaskBatches,
@@ -228,7 +228,7 @@ def _quantize(
     if qat is not None:
         if options.format == "onnx":
             return _quantize_qat(model, options, fp32_path, int8_path, qat)
-        require("onnx", "onnxscript", "onnxruntime")  # the QDQ ONNX is made first, then converted
+        require(*needs("onnx", int8=True))  # the QDQ ONNX is made first, then converted
         with tempfile.TemporaryDirectory(prefix="prunebert-qat-") as scratch:
             onnx_fp32, qdq = Path(scratch) / "model.onnx", Path(scratch) / "model.int8.onnx"
             export_onnx(model, onnx_fp32, options.opset)
