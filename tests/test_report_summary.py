@@ -12,8 +12,9 @@ from transformers import PreTrainedTokenizerBase
 
 from prunebert.report import PAGE, build_report
 from prunebert.report.curves import series
-from prunebert.report.data import ReportOptions, load_results
+from prunebert.report.data import ReportOptions, StudyResults, load_results
 from prunebert.report.overlap import fitted_range
+from prunebert.report.regimes import regime_rows, regime_table
 from prunebert.report.summary import best_per_sparsity
 from tinystudy import tiny_study
 
@@ -96,3 +97,49 @@ def test_overlap_colours_span_the_data_not_zero_to_one() -> None:
     assert high == 1.0 and low == pytest.approx(0.956)
     assert fitted_range(np.ones((2, 2))) == (0.99, 1.0)  # identical masks: still a visible range
     assert fitted_range(np.array([[1.0, 0.1], [0.1, 1.0]]))[0] == pytest.approx(0.01)
+
+
+def _cell(stage: str, method: str, sparsity: float, metric: float) -> dict[str, object]:
+    return {"task": "t", "stage": stage, "method": method, "sparsity": sparsity, "test_metric": metric}
+
+
+def test_regimes_compare_every_stage_with_the_fine_tuned_dense_model(tmp_path: Path) -> None:
+    cells = [
+        _cell("pretrain", "dense", 0.0, 0.82),
+        _cell("finetune", "dense", 0.0, 0.80),
+        _cell("after-finetune", "dense", 0.0, 0.80),
+        _cell("pretrain", "magnitude", 0.5, 0.79),
+        _cell("finetune", "magnitude", 0.5, 0.77),
+        _cell("after-finetune", "magnitude", 0.5, 0.70),
+        _cell("finetune", "magnitude", 0.9, 0.60),  # its pretrain cell has not finished
+    ]
+    first = StudyResults(tmp_path, {"study": {"seed": 0}, "cells": cells})
+    second = [{**c, "test_metric": c["test_metric"] + 0.02} for c in cells if c["stage"] == "pretrain"]  # type: ignore[operator]
+    first.others = [StudyResults(tmp_path, {"study": {"seed": 1}, "cells": second})]
+    rows = regime_rows(first)
+    assert rows[0][-1] == "pretrain - finetune (pt)" and rows[0][3:5] == [
+        "pretrain",
+        "pretrain vs dense (pt)",
+    ]
+    dense, half, ninety = rows[1:]
+    assert dense[3:9] == ["83.0 ± 1.4", "+3.0", "80.0", "+0.0", "80.0", "+0.0"]
+    assert half[:3] == ["t", "magnitude", "50%"]
+    assert half[3:] == ["80.0 ± 1.4", "+0.0", "77.0", "-3.0", "70.0", "-10.0", "+3.0"]
+    assert ninety[3:] == ["", "", "60.0", "-20.0", "", "", ""]
+    csv_out = tmp_path / "report" / "regimes.png"
+    csv_out.parent.mkdir()
+    section = regime_table(first, csv_out)
+    assert "fine-tuned on the task" in section.caption
+    assert (
+        (tmp_path / "report" / "regimes.csv")
+        .read_text()
+        .splitlines()[2]
+        .startswith("t,magnitude,50%,80.0 ± 1.4")
+    )
+
+
+def test_regimes_without_a_finetune_stage_use_each_stages_own_dense_model(tmp_path: Path) -> None:
+    cells = [_cell("pretrain", "dense", 0.0, 0.82), _cell("pretrain", "magnitude", 0.5, 0.79)]
+    rows = regime_rows(StudyResults(tmp_path, {"cells": cells}))
+    assert rows[0] == ["task", "method", "sparsity", "pretrain", "pretrain vs dense (pt)"]
+    assert rows[2] == ["t", "magnitude", "50%", "79.0", "-3.0"]

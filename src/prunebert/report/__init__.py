@@ -3,9 +3,10 @@ results; a one-screen summary (`summary`) comes first on the page.
 
 Reads only the study's `results.json` and the mask files and models its rows point to. Each figure
 family is one module (`curves`, `sparsity`, `embeddings`, `overlap`); a figure whose inputs are missing
-is left out with a note on the page, never an error. The comparison table (`table`) is a section without
-a figure, also written as `comparison.csv`. Studies of the same grid run with other seeds
-(`ReportOptions.seed_dirs`) join the curves and the summary as mean ± standard deviation.
+is left out with a note on the page, never an error. The three regimes side by side (`regimes`) and the
+comparison table (`table`) are sections without a figure, also written as `regimes.csv` and
+`comparison.csv`. Studies of the same grid run with other seeds (`ReportOptions.seed_dirs`) join the
+curves, the regimes and the summary as mean ± standard deviation.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from prunebert.report.data import ReportOptions, Section, Skip, StudyResults, ch
 from prunebert.report.embeddings import embedding_map
 from prunebert.report.html import render_html
 from prunebert.report.overlap import mask_overlap
+from prunebert.report.regimes import regime_table
 from prunebert.report.sparsity import module_sparsity, qk_patterns
 from prunebert.report.table import comparison_table
 
@@ -30,6 +32,7 @@ Figure = Callable[[StudyResults, ReportOptions, Path], Section]
 
 #: (file stem, title, figure) of every figure of the report, in page order
 FIGURES: list[tuple[str, str, Figure]] = [
+    ("regimes", "Prune once vs per task", lambda r, o, p: regime_table(r, p)),
     ("comparison", "Comparison with the dense model", lambda r, o, p: comparison_table(r, o.bench, p)),
     ("metric_vs_sparsity", "Downstream metric vs sparsity", lambda r, o, p: metric_vs_sparsity(r, p)),
     ("mlm_vs_sparsity", "MLM loss and accuracy vs sparsity", lambda r, o, p: mlm_vs_sparsity(r, p)),

@@ -28,6 +28,7 @@ __all__ = [
     "load_seeds",
     "mask_set",
     "short_name",
+    "test_metrics",
 ]
 
 STAGE_ORDER = ("pretrain", "finetune", "after-finetune")
@@ -117,6 +118,16 @@ class StudyResults:
             return None
         path = self.root / relative
         return path if path.exists() else None
+
+
+def test_metrics(res: StudyResults) -> dict[tuple[str, str, str, float], list[float]]:
+    """Test metric of every (task, stage, method, sparsity) over every seed, one value per seed."""
+    groups: dict[tuple[str, str, str, float], list[float]] = {}
+    for row in res.replicated():
+        if row.get("test_metric") is not None:
+            key = (row["task"], row["stage"], row["method"], round(float(row["sparsity"]), 6))
+            groups.setdefault(key, []).append(float(row["test_metric"]))
+    return groups
 
 
 def load_seeds(roots: list[Path]) -> StudyResults:

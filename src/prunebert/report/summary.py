@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from prunebert.report.data import STAGE_ORDER, Section, StudyResults
+from prunebert.report.data import STAGE_ORDER, Section, StudyResults, test_metrics
 
 __all__ = ["best_per_sparsity", "headline", "speed_rows"]
 
@@ -23,16 +23,6 @@ _SPEED_COLUMNS = (
 )
 
 
-def _groups(res: StudyResults) -> dict[tuple[str, str, str, float], list[float]]:
-    """Test metric of every (task, stage, method, sparsity), one value per seed."""
-    groups: dict[tuple[str, str, str, float], list[float]] = {}
-    for row in res.replicated():
-        if row.get("test_metric") is not None:
-            key = (row["task"], row["stage"], row["method"], round(float(row["sparsity"]), 6))
-            groups.setdefault(key, []).append(float(row["test_metric"]))
-    return groups
-
-
 def _value(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.4f}"
@@ -42,7 +32,7 @@ def _value(values: list[float]) -> str:
 def best_per_sparsity(res: StudyResults) -> list[list[str]]:
     """Per task and sparsity, the (method, stage) with the best mean test metric and its % of its stage's
     dense model; the first row is the heading."""
-    groups = _groups(res)
+    groups = test_metrics(res)
     metric = {row["task"]: row["metric"] for row in res.cells}
     rows = [["task", "sparsity", "best model", "test metric", "% of dense", "next best"]]
     for task in res.tasks():
