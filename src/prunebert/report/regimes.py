@@ -44,7 +44,10 @@ def _points(value: float | None, reference: float | None) -> str:
 def regime_rows(res: StudyResults) -> list[list[str]]:
     """The table (heading first): task, method, sparsity, then per stage the metric (x100) and its change
     against the reference dense model in points, then pretrain - finetune in points."""
-    groups = test_metrics(res)
+    return _rows(res, test_metrics(res))
+
+
+def _rows(res: StudyResults, groups: dict[tuple[str, str, str, float], list[float]]) -> list[list[str]]:
     stages = [s for s in STAGE_ORDER if any(k[1] == s for k in groups)]
     if not stages:
         raise Skip("the study has no finished cells with a test metric")
@@ -76,13 +79,14 @@ def regime_rows(res: StudyResults) -> list[list[str]]:
 
 def regime_table(res: StudyResults, out: Path) -> Section:
     """Write `regimes.csv` into `out`'s directory and return the table as a report section."""
-    rows = regime_rows(res)
+    groups = test_metrics(res)
+    rows = _rows(res, groups)
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerows(rows)
     out.with_name("regimes.csv").write_text(buffer.getvalue())
     reference = (
         "the dense model fine-tuned on the task (finetune stage)"
-        if any(k[1] == REFERENCE_STAGE and k[2] == "dense" for k in test_metrics(res))
+        if any(k[1] == REFERENCE_STAGE and k[2] == "dense" for k in groups)
         else "each stage's own dense model"
     )
     return Section(
