@@ -16,6 +16,10 @@ is kept.
     $B --runtime openvino-int8 --speedups 10 --distill-steps 250  # OpenVINO static int8, batch 1
     .venv/bin/python benchmarks/shrink.py --table                # the Markdown table of the JSON
     .venv/bin/python benchmarks/shrink.py --rebench --rounds 9   # measure every cell again, quietly
+    .venv/bin/python benchmarks/shrink.py --score                 # int8/bf16 accuracy of older cells
+
+An int8 or bf16 cell's accuracy is measured twice: the fp32 model (`test`) and the model as its runtime
+runs it (`deployed`: the same export and int8 calibration the bench times, on the whole test split).
 
 A cell's speed-up is measured at the end of its own run; with other work on the machine that number is
 noisy, so `--rebench` measures every saved model against dense again in one `prunebert bench` run per
@@ -37,7 +41,7 @@ from typing import Any
 from prunebert.hardware import cpu_features, cpu_name
 from prunebert.io import write_json
 from prunebert.shrink.config import ShrinkConfig
-from prunebert.shrink.job import bench_shrunk, run_shrink
+from prunebert.shrink.job import bench_shrunk, run_shrink, score_deployed
 from prunebert.stages.common import TrainConfig
 from prunebert.stages.finetune import FinetuneConfig
 from prunebert.stages.runner import run_or_reuse
@@ -62,6 +66,9 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=ROOT / "results" / "shrink.json")
     parser.add_argument("--table", action="store_true", help="print the Markdown table of --output")
     parser.add_argument("--rebench", action="store_true", help="measure every cell's model again")
+    parser.add_argument(
+        "--score", action="store_true", help="score cells not yet scored in their runtime on test"
+    )
     parser.add_argument("--rounds", type=int, default=5, help="interleaved bench rounds")
     return parser.parse_args()
 
@@ -129,6 +136,7 @@ def _cell(args: argparse.Namespace, model: str, speedup: float, steps: int) -> d
         "dense_test": metrics["dense"]["test"],
         "zero_step_test": metrics["zero_step"]["test"],
         "test": shrunk["test"],
+        **({"deployed": report["deployed"]} if "deployed" in report else {}),
         "heads_kept": report["choice"]["heads_kept"],
         "neurons_kept": report["choice"]["neurons_kept"],
         "layers_dropped": report["choice"]["layers_dropped"],
@@ -143,8 +151,8 @@ def _cell(args: argparse.Namespace, model: str, speedup: float, steps: int) -> d
 def _table(results: dict[str, Any]) -> str:
     lines = [
         "| task | runtime, batch | requested | measured (min-max) | predicted | searches | distill steps | "
-        "test acc (dense) | change | shrink s | wall s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "test acc (dense) | change | in runtime | shrink s | wall s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for cell in results["cells"].values():
         s, acc, dense = cell["settings"], cell["test"]["accuracy"], cell["dense_test"]["accuracy"]
@@ -157,9 +165,29 @@ def _table(results: dict[str, Any]) -> str:
             f"{cell['requested_speedup']:g}x | {cell['measured_speedup']:.2f}x ({low:.2f}-{high:.2f}) | "
             f"{cell['predicted_speedup']:.2f}x | {cell.get('searches', 1)} | {steps} | "
             f"{acc:.1%} ({dense:.1%}) | "
-            f"{100 * (acc - dense):+.1f} pt | {cell['shrink_seconds']:.0f} | {cell['wall_seconds']:.0f} |"
+            f"{100 * (acc - dense):+.1f} pt | {_in_runtime(cell)} | "
+            f"{cell['shrink_seconds']:.0f} | {cell['wall_seconds']:.0f} |"
         )
     return "\n".join(lines)
+
+
+def _in_runtime(cell: dict[str, Any]) -> str:
+    """The result's test accuracy as its runtime predicts (int8, bf16), and its change against dense."""
+    if cell["settings"]["runtime"] == "torch":
+        return "(fp32)"
+    deployed = cell.get("deployed")
+    if deployed is None:
+        return "not scored"
+    acc = deployed["metrics"]["accuracy"]
+    return f"{acc:.1%} ({100 * (acc - cell['dense_test']['accuracy']):+.1f} pt)"
+
+
+def _score(cell: dict[str, Any], runs: Path) -> None:
+    """Score the cell's saved model on the test split in its runtime (cells from before shrink did)."""
+    s = cell["settings"]
+    task = cell["name"].split(f"-{s['runtime']}-b")[0]
+    cfg = ShrinkConfig(task=task, speedup=s["speedup"], runtime=s["runtime"])
+    cell["deployed"] = score_deployed(runs / cell["name"] / "model", cfg.load(cfg.seed), cfg, threads=1)
 
 
 def _rebench(cell: dict[str, Any], runs: Path, rounds: int) -> None:
@@ -180,6 +208,13 @@ def main() -> None:
     results: dict[str, Any] = json.loads(args.output.read_text()) if args.output.is_file() else {"cells": {}}
     if args.table:
         print(_table(results))
+        return
+    if args.score:
+        for cell in results["cells"].values():
+            if cell["settings"]["runtime"] != "torch" and "deployed" not in cell:
+                _score(cell, args.runs)
+                write_json(args.output, results)
+        print(_table(results), flush=True)
         return
     if args.rebench:
         for cell in results["cells"].values():

@@ -202,3 +202,41 @@ def test_shrink_searches_again_until_the_measured_speedup_matches(
     assert attempts[1]["budget"] < attempts[0]["budget"]
     assert report["measured"]["speedup"] == pytest.approx(0.99 * 1.3)  # type: ignore[index]
     assert load_model(str(tmp_path / "out"), head="classification").model is not None
+
+
+def test_shrink_in_bf16_scores_the_result_in_bf16(space: Path, tmp_path: Path) -> None:
+    # the accuracy beside a runtime's speed-up is the runtime's own, not the fp32 twin's
+    report = _shrink_cli(
+        space,
+        tmp_path / "out",
+        "--flops",
+        "0.5",
+        "--runtime",
+        "torch-bf16",
+        "--bench",
+        "false",
+        "--evaluate",
+        "true",
+    )
+    deployed = report["deployed"]
+    assert isinstance(deployed, dict) and deployed["runtime"] == "torch-bf16" and deployed["split"] == "test"
+    assert deployed["runner"]["precision"] == "bf16" and 0 <= deployed["metrics"]["accuracy"] <= 1
+    plain = _shrink_cli(space, tmp_path / "fp32", "--flops", "0.5", "--bench", "false", "--evaluate", "true")
+    assert "deployed" not in plain  # torch fp32 is what the metrics already measure
+
+
+def test_a_result_far_faster_than_asked_is_kept_when_only_dense_is_slower(
+    space: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # measured 5x the request: the corrected budget exceeds the dense model's cost, so the search would
+    # remove nothing; the loop keeps the model it measured instead of failing on an empty shrink
+    from prunebert.shrink import job
+
+    monkeypatch.setenv("PRUNEBERT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(job, "bench_shrunk", lambda *a: {"speedup": 5 * 1.3, "dense_runtime_speedup": 1.0})
+    args = ("--speedup", "1.3", "--grid_points", "3", "--seq_len", "16", "--bench_rounds", "1")
+    report = _shrink_cli(space, tmp_path / "out", *args)
+    attempts = report["attempts"]
+    assert isinstance(attempts, list) and len(attempts) == 1 and "dense" in attempts[0]["stopped"]
+    assert report["measured"]["speedup"] == pytest.approx(5 * 1.3)  # type: ignore[index]
+    assert "prunebert_slim" in load_model(str(tmp_path / "out"), head="classification").model.config.to_dict()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerB
 
 from prunebert.errors import PrunebertError
 from prunebert.models import Head, load_config, load_model, resolve_model_path
+
+if TYPE_CHECKING:
+    from prunebert.data import TaskData
 
 __all__ = [
     "INPUT_NAMES",
@@ -32,6 +35,7 @@ __all__ = [
     "load_inference_model",
     "max_sequence_length",
     "refuse_compressed",
+    "split_batches",
     "task_batches",
     "weight_bytes",
 ]
@@ -179,7 +183,18 @@ def task_batches(
     """The first `limit` examples of `split` of `task` (split with `seed` as fine-tuning does)."""
     from prunebert.data import load_task
 
-    data = load_task(task, seed=seed)
+    return split_batches(load_task(task, seed=seed), model, split, limit, batch_size, max_length)
+
+
+def split_batches(
+    data: TaskData,
+    model: InferenceModel,
+    split: str,
+    limit: int | None,
+    batch_size: int = 16,
+    max_length: int = 128,
+) -> TaskBatches:
+    """The first `limit` examples of `split` of an already loaded task, tokenised by `model`."""
     rows = data.splits()[split]
     if limit is not None:
         rows = rows.select(range(min(limit, len(rows))))

@@ -61,7 +61,10 @@ class ShrinkConfig(TaskSpec):
         description="re-search with a corrected budget while measured/requested is off by more",
     )
     speed_retries: int = Field(2, ge=0, description="corrected searches at most (the Fisher pass is reused)")
-    evaluate: bool = Field(False, description="score dense and shrunk models on dev and test")
+    evaluate: bool = Field(
+        False,
+        description="score dense and shrunk models on dev and test (and the result on test in the runtime)",
+    )
     distill_steps: int = Field(0, ge=0, description="optimizer steps of distillation from MODEL (0: none)")
     distill_learning_rate: float = Field(1e-4, gt=0, description="peak learning rate of the distillation")
     seed: int = Field(0, description="seed of the calibration sample and the task split")

@@ -4,7 +4,9 @@ OUT holds `model/` (the result: `--model OUT` loads it like any slimmed model), 
 asked, chosen, predicted and measured), and with `--distill_steps` also `zero-step/` (the model before
 distillation) and `distill/` (the fine-tuning run). The latency constraint is a measured table of this
 machine (`prunebert.shrink.latency`); the speed-up is always quoted against the dense model in torch fp32
-at the same batch size and sequence length, as `prunebert bench` and the frontier do.
+at the same batch size and sequence length, as `prunebert bench` and the frontier do. With `--evaluate`
+and a runtime other than torch fp32, the result is also scored on the test split in that runtime
+(`deployed` in shrink.json): an int8 or bf16 model's accuracy is its own, not its fp32 twin's.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from typing import Any
 
 import torch
 
+from prunebert.data import TaskData
 from prunebert.deploy.bench import BenchSettings, run_bench
+from prunebert.deploy.scoring import score_in_runtime
 from prunebert.deploy.slim_job import run_slim
 from prunebert.errors import PrunebertError
 from prunebert.hardware import cpu_features, cpu_name, environment
@@ -33,7 +37,7 @@ from prunebert.stages.distill import DistillConfig
 from prunebert.stages.evaluate import EvaluateConfig, run_evaluate
 from prunebert.stages.finetune import FinetuneConfig, run_finetune
 
-__all__ = ["bench_shrunk", "format_report", "run_shrink", "task_fields"]
+__all__ = ["bench_shrunk", "format_report", "run_shrink", "score_deployed", "task_fields"]
 
 REPORT_FILE = "shrink.json"
 
@@ -118,6 +122,19 @@ def _evaluate(model: str, cfg: ShrinkConfig) -> dict[str, Any]:
     return metrics
 
 
+def score_deployed(model: Path, task: TaskData, cfg: ShrinkConfig, threads: int) -> dict[str, Any]:
+    """Test metrics of the result as `cfg.runtime` runs it (int8 calibrated as bench calibrates it)."""
+    return score_in_runtime(
+        str(model),
+        cfg.runtime,
+        task,
+        calibration=cfg.task if cfg.exported else None,
+        threads=threads,
+        max_length=cfg.max_seq_length,
+        seed=cfg.seed,
+    )
+
+
 def _distill(model: str, start: Path, cfg: ShrinkConfig, overwrite: bool) -> dict[str, Any]:
     """`--distill_steps` of fine-tuning `start` with `model` as the teacher (soft labels, T = 2)."""
     finetune = FinetuneConfig(
@@ -144,6 +161,10 @@ def _write(result: ShrinkResult, tokenizer: Any, target: Path) -> dict[str, Any]
         return run_slim(scratch, target, overwrite=True, drop_layers=result.drop_layers)
 
 
+def _keeps_everything(result: ShrinkResult) -> bool:
+    return bool(result.keep_heads.all()) and bool(result.keep_neurons.all())
+
+
 def run_shrink(model: str, cfg: ShrinkConfig, overwrite: bool = False) -> dict[str, Any]:
     """Shrink `model` as `cfg` asks; writes OUT (see the module doc) and returns the report."""
     wall = time.perf_counter()
@@ -164,7 +185,7 @@ def run_shrink(model: str, cfg: ShrinkConfig, overwrite: bool = False) -> dict[s
         batches = calibration_batches(task, loaded.tokenizer, cfg)
         settings = ShrinkSettings(damp=cfg.damp, scores=cfg.scores, rearrange=cfg.rearrange, tune=cfg.tune)
         result = shrink(loaded.model, batches, costs, budget, settings)
-        if bool(result.keep_heads.all()) and bool(result.keep_neurons.all()):
+        if _keeps_everything(result):
             raise PrunebertError(
                 f"the dense model already fits the budget ({result.dense_cost:.4g} <= {budget:.4g} "
                 f"{costs.unit}); nothing to remove: ask for more"
@@ -181,7 +202,11 @@ def run_shrink(model: str, cfg: ShrinkConfig, overwrite: bool = False) -> dict[s
                 break
             budget = max(budget * ratio, costs.min_cost() * 1.02)
             fresh = load_model(model, head="classification", num_labels=task.num_labels).model
-            result = shrink(fresh, batches, costs, budget, settings, grams=result.grams)
+            candidate = shrink(fresh, batches, costs, budget, settings, grams=result.grams)
+            if _keeps_everything(candidate):  # only dense is slower: keep the measured, faster model
+                attempts[-1]["stopped"] = "a larger budget keeps the whole dense model"
+                break
+            result = candidate
             slim = _write(result, loaded.tokenizer, first)
     finally:
         torch.set_num_threads(previous)
@@ -205,6 +230,8 @@ def run_shrink(model: str, cfg: ShrinkConfig, overwrite: bool = False) -> dict[s
             shutil.rmtree(out / "model")
         shutil.copytree(distilled["model_dir"], out / "model")
         report.setdefault("metrics", {})["distilled"] = distilled["metrics"]
+    if cfg.evaluate and cfg.runtime != "torch":  # the fast model's accuracy, not its fp32 twin's
+        report["deployed"] = score_deployed(out / "model", task, cfg, threads)
     if cfg.bench and (cfg.distill_steps or not attempts):  # else the last attempt measured this model
         report["measured"] = bench_shrunk(model, out / "model", cfg, threads)
     elif attempts:
@@ -240,5 +267,8 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"searched {len(attempts)} times against the measured speed-up: {steps}")
     for name, metrics in report.get("metrics", {}).items():
         lines.append(f"{name}: " + ", ".join(f"{s} {m}" for s, m in metrics.items()))
+    deployed = report.get("deployed")
+    if deployed:
+        lines.append(f"in {deployed['runtime']}: {deployed['split']} {deployed['metrics']}")
     lines.append(f"written: {report['output']} ({report['wall_seconds']:.0f} s)")
     return "\n".join(lines)
