@@ -69,6 +69,9 @@ def _args() -> argparse.Namespace:
     parser.add_argument(
         "--score", action="store_true", help="score cells not yet scored in their runtime on test"
     )
+    parser.add_argument(
+        "--only", nargs="+", default=None, help="with --rebench / --score: just the cells with these names"
+    )
     parser.add_argument("--rounds", type=int, default=5, help="interleaved bench rounds")
     return parser.parse_args()
 
@@ -209,15 +212,16 @@ def main() -> None:
     if args.table:
         print(_table(results))
         return
+    chosen = [c for c in results["cells"].values() if args.only is None or c["name"] in args.only]
     if args.score:
-        for cell in results["cells"].values():
+        for cell in chosen:
             if cell["settings"]["runtime"] != "torch" and "deployed" not in cell:
                 _score(cell, args.runs)
                 write_json(args.output, results)
         print(_table(results), flush=True)
         return
     if args.rebench:
-        for cell in results["cells"].values():
+        for cell in chosen:
             _rebench(cell, args.runs, args.rounds)
             write_json(args.output, results)
         print(_table(results), flush=True)

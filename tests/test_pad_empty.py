@@ -54,3 +54,28 @@ def test_openvino_exports_a_model_with_empty_blocks(
         ExportOptions(model=str(tmp_path / "model"), out=str(tmp_path / "ov"), format="openvino")
     )
     assert max(f["max_abs_diff"] for f in manifest["files"].values()) < 1e-4
+
+
+@pytest.mark.parametrize("calibrated", [False, True])
+def test_onnx_int8_quantizes_a_model_with_empty_blocks(
+    tmp_path: Path, tiny_tokenizer: PreTrainedTokenizerBase, calibrated: bool
+) -> None:
+    # ONNX Runtime's static quantizer fails on a zero-size weight ("scale must a float32 ... float64"):
+    # the int8 export pads the empty blocks first, and fp32 and int8 still match the slimmed model
+    from tiny import write_workspace
+
+    root = write_workspace(tmp_path, tiny_tokenizer)
+    _empty_blocks("bert").save_pretrained(tmp_path / "model")
+    tiny_tokenizer.save_pretrained(tmp_path / "model")
+    calibration = str(root / "task.csv") if calibrated else None
+    manifest = export_model(
+        ExportOptions(
+            model=str(tmp_path / "model"),
+            out=str(tmp_path / "onnx"),
+            int8=True,
+            calibration=calibration,
+            max_length=16,
+        )
+    )
+    assert manifest["files"]["model.onnx"]["max_abs_diff"] < 1e-4
+    assert "int8" in manifest["files"]["model.int8.onnx"]["precision"]

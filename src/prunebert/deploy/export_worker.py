@@ -209,6 +209,8 @@ def run_export(options: ExportOptions) -> dict[str, Any]:
 def _export_fp32(options: ExportOptions, model: InferenceModel, path: Path) -> Any:
     """Write the fp32 model; returns the in-memory OpenVINO model (None for ONNX) for quantization."""
     if options.format == "onnx":
+        if options.int8:  # ONNX Runtime's quantizer fails on a zero-size weight (scale of an empty channel)
+            pad_empty_blocks(model.module)
         export_onnx(model, path, options.opset)
         return None
     return export_openvino(model, path)

@@ -7,7 +7,8 @@ projection's bias. OpenVINO's converter does not: on those graphs it fails or co
 them, in place, into an equal function with no zero-size tensor: a zero-width input becomes one zero
 column, a Linear from or to width 0 becomes one from or to width 1 with zero weights (and, into width 1,
 zero bias), so the zero column passes the activation (GELU / ReLU of 0 is 0) and the output projection
-still yields its bias alone. Exports call it; saved models keep their true shapes.
+still yields its bias alone. Exports call it (OpenVINO always; ONNX when it writes int8, as ONNX Runtime's
+quantizer fails on a zero-size weight); saved models keep their true shapes.
 """
 
 from __future__ import annotations
