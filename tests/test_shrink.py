@@ -240,3 +240,42 @@ def test_a_result_far_faster_than_asked_is_kept_when_only_dense_is_slower(
     assert isinstance(attempts, list) and len(attempts) == 1 and "dense" in attempts[0]["stopped"]
     assert report["measured"]["speedup"] == pytest.approx(5 * 1.3)  # type: ignore[index]
     assert "prunebert_slim" in load_model(str(tmp_path / "out"), head="classification").model.config.to_dict()
+
+
+def test_next_budget_follows_the_measured_curve() -> None:
+    from prunebert.shrink.job import next_budget
+
+    # one attempt: speed-up taken as inversely proportional to the budget
+    assert next_budget([{"budget": 10.0, "measured_speedup": 1.5, "ratio": 0.75}], 0.0) == pytest.approx(7.5)
+    # two attempts on speed = budget ** -0.5: the exponent is read off them and the next budget hits 4x
+    speed = lambda b: b**-0.5  # noqa: E731
+    attempts = [{"budget": b, "measured_speedup": speed(b), "ratio": speed(b) / 4} for b in (0.25, 0.09)]
+    assert speed(next_budget(attempts, 0.0)) == pytest.approx(4.0)
+    # a slower result at a smaller budget is noise: fall back to k = 1; never below the floor
+    noisy = [
+        {"budget": 2.0, "measured_speedup": 3.0, "ratio": 0.75},
+        {"budget": 1.0, "measured_speedup": 2.0, "ratio": 0.5},
+    ]
+    assert next_budget(noisy, 0.0) == pytest.approx(0.5)
+    assert next_budget(noisy, 0.8) == 0.8
+
+
+def test_the_speed_loop_keeps_the_closest_attempt_not_the_last(
+    space: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prunebert.shrink import job
+
+    monkeypatch.setenv("PRUNEBERT_CACHE", str(tmp_path / "cache"))
+    speeds = iter([0.9 * 1.3, 1.3 * 1.3, 1.25 * 1.3])  # undershoot, then overshoot twice
+    monkeypatch.setattr(
+        job, "bench_shrunk", lambda *a: {"speedup": next(speeds), "dense_runtime_speedup": 1.0}
+    )
+    written = []
+    real_write = job._write
+    monkeypatch.setattr(job, "_write", lambda result, *a: written.append(result) or real_write(result, *a))
+    args = ("--speedup", "1.3", "--grid_points", "3", "--seq_len", "16", "--speed_retries", "2")
+    report = _shrink_cli(space, tmp_path / "out", *args)
+    attempts = report["attempts"]
+    assert isinstance(attempts, list) and [a["kept"] for a in attempts] == [True, False, False]
+    assert report["measured"]["speedup"] == pytest.approx(0.9 * 1.3)  # type: ignore[index]
+    assert len(written) == 4 and written[-1] is written[0]  # the first search's model, written again

@@ -11,6 +11,7 @@ and a runtime other than torch fp32, the result is also scored on the test split
 
 from __future__ import annotations
 
+import math
 import shutil
 import sys
 import tempfile
@@ -37,7 +38,7 @@ from prunebert.stages.distill import DistillConfig
 from prunebert.stages.evaluate import EvaluateConfig, run_evaluate
 from prunebert.stages.finetune import FinetuneConfig, run_finetune
 
-__all__ = ["bench_shrunk", "format_report", "run_shrink", "score_deployed", "task_fields"]
+__all__ = ["bench_shrunk", "format_report", "next_budget", "run_shrink", "score_deployed", "task_fields"]
 
 REPORT_FILE = "shrink.json"
 
@@ -161,6 +162,23 @@ def _write(result: ShrinkResult, tokenizer: Any, target: Path) -> dict[str, Any]
         return run_slim(scratch, target, overwrite=True, drop_layers=result.drop_layers)
 
 
+def next_budget(attempts: list[dict[str, Any]], floor: float) -> float:
+    """The budget expected to give the requested speed-up, from the attempts measured so far.
+
+    Speed-up is taken as `budget ** -k` through the last two attempts (fixed costs make k < 1: halving
+    the layers' budget does not halve the latency), so the next budget is `budget * ratio ** (1 / k)`;
+    k = 1 after one attempt, or when the last two disagree in direction (noise). Never below `floor`.
+    """
+    last, k = attempts[-1], 1.0
+    if len(attempts) > 1:
+        previous = attempts[-2]
+        budgets = math.log(previous["budget"] / last["budget"])
+        speeds = math.log(last["measured_speedup"] / previous["measured_speedup"])
+        if abs(budgets) > 1e-12 and speeds / budgets > 0:
+            k = min(max(speeds / budgets, 0.25), 2.0)
+    return float(max(last["budget"] * last["ratio"] ** (1 / k), floor))
+
+
 def _keeps_everything(result: ShrinkResult) -> bool:
     return bool(result.keep_heads.all()) and bool(result.keep_neurons.all())
 
@@ -194,13 +212,16 @@ def run_shrink(model: str, cfg: ShrinkConfig, overwrite: bool = False) -> dict[s
         first = out / ("zero-step" if cfg.distill_steps else "model")
         slim = _write(result, loaded.tokenizer, first)
         attempts: list[dict[str, Any]] = []
+        kept: tuple[int, ShrinkResult, dict[str, Any], dict[str, Any]] | None = None  # closest so far
         while cfg.bench and cfg.speedup is not None:  # measured, not assumed: correct the budget
             measured = bench_shrunk(model, first, cfg, threads)
             ratio = measured["speedup"] / cfg.speedup
             attempts.append({"budget": budget, "measured_speedup": measured["speedup"], "ratio": ratio})
+            if kept is None or abs(math.log(ratio)) < abs(math.log(attempts[kept[0]]["ratio"])):
+                kept = (len(attempts) - 1, result, slim, measured)
             if abs(ratio - 1) <= cfg.speed_tolerance or len(attempts) > cfg.speed_retries:
                 break
-            budget = max(budget * ratio, costs.min_cost() * 1.02)
+            budget = next_budget(attempts, costs.min_cost() * 1.02)
             fresh = load_model(model, head="classification", num_labels=task.num_labels).model
             candidate = shrink(fresh, batches, costs, budget, settings, grams=result.grams)
             if _keeps_everything(candidate):  # only dense is slower: keep the measured, faster model
@@ -208,6 +229,11 @@ def run_shrink(model: str, cfg: ShrinkConfig, overwrite: bool = False) -> dict[s
                 break
             result = candidate
             slim = _write(result, loaded.tokenizer, first)
+        if kept is not None and kept[1] is not result:  # the last search overshot, or measured noise
+            _, result, slim, measured = kept
+            slim = _write(result, loaded.tokenizer, first)
+        for index, attempt in enumerate(attempts):
+            attempt["kept"] = kept is not None and index == kept[0]
     finally:
         torch.set_num_threads(previous)
     shrink_s = time.perf_counter() - wall
