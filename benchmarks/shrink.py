@@ -72,6 +72,7 @@ def _args() -> argparse.Namespace:
     parser.add_argument(
         "--only", nargs="+", default=None, help="with --rebench / --score: just the cells with these names"
     )
+    parser.add_argument("--redo", action="store_true", help="run the cells again even if already there")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved bench rounds")
     return parser.parse_args()
 
@@ -234,6 +235,7 @@ def main() -> None:
             done = results["cells"].get(name)
             if (
                 done
+                and not args.redo
                 and done["settings"]["calibration"] == args.calibration
                 and done["settings"]["model"] == model
                 and done["settings"].get("tune") == "weights"
