@@ -167,12 +167,19 @@ def _table(results: dict[str, Any]) -> str:
         lines.append(
             f"| {task} | {s['runtime']}, {s['batch_size']} | "
             f"{cell['requested_speedup']:g}x | {cell['measured_speedup']:.2f}x ({low:.2f}-{high:.2f}) | "
-            f"{cell['predicted_speedup']:.2f}x | {cell.get('searches', 1)} | {steps} | "
+            f"{cell['predicted_speedup']:.2f}x | {_searches(cell)} | {steps} | "
             f"{acc:.1%} ({dense:.1%}) | "
             f"{100 * (acc - dense):+.1f} pt | {_in_runtime(cell)} | "
             f"{cell['shrink_seconds']:.0f} | {cell['wall_seconds']:.0f} |"
         )
     return "\n".join(lines)
+
+
+def _searches(cell: dict[str, Any]) -> str:
+    """How many searches the speed loop ran; ‡ where it ran before it kept the closest attempt."""
+    attempts = cell.get("attempts", [])
+    old_loop = len(attempts) > 1 and not any("kept" in a for a in attempts)
+    return f"{cell.get('searches', 1)}{' ‡' if old_loop else ''}"
 
 
 def _in_runtime(cell: dict[str, Any]) -> str:
