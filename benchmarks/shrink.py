@@ -161,7 +161,7 @@ def _table(results: dict[str, Any]) -> str:
     for cell in results["cells"].values():
         s, acc, dense = cell["settings"], cell["test"]["accuracy"], cell["dense_test"]["accuracy"]
         low, high = cell["measured_range"]
-        task = cell["name"].split(f"-{s['runtime']}-b")[0]
+        task = _task(cell)
         lr = s.get("distill_learning_rate", 5e-5)  # the default before it became 1e-4
         steps = f"{s['distill_steps']}" + (f" (lr {lr:g})" if s["distill_steps"] else "")
         lines.append(
@@ -193,22 +193,29 @@ def _in_runtime(cell: dict[str, Any]) -> str:
     return f"{acc:.1%} ({100 * (acc - cell['dense_test']['accuracy']):+.1f} pt)"
 
 
+def _task(cell: dict[str, Any]) -> str:
+    """The task a cell ran on: its name up to `-RUNTIME-bBATCH`."""
+    return str(cell["name"].split(f"-{cell['settings']['runtime']}-b")[0])
+
+
+def _config(cell: dict[str, Any], **extra: Any) -> ShrinkConfig:
+    """The options of the cell's shrink that bench and score its saved model again."""
+    s = cell["settings"]
+    return ShrinkConfig(
+        task=_task(cell), speedup=s["speedup"], runtime=s["runtime"], batch_size=s["batch_size"], **extra
+    )
+
+
 def _score(cell: dict[str, Any], runs: Path) -> None:
     """Score the cell's saved model on the test split in its runtime (cells from before shrink did)."""
-    s = cell["settings"]
-    task = cell["name"].split(f"-{s['runtime']}-b")[0]
-    cfg = ShrinkConfig(task=task, speedup=s["speedup"], runtime=s["runtime"])
+    cfg = _config(cell)
     cell["deployed"] = score_deployed(runs / cell["name"] / "model", cfg.load(cfg.seed), cfg, threads=1)
 
 
 def _rebench(cell: dict[str, Any], runs: Path, rounds: int) -> None:
     """Measure the cell's saved model against dense again (one thread) and update its speed-up."""
-    s = cell["settings"]
-    task = cell["name"].split(f"-{s['runtime']}-b")[0]
-    cfg = ShrinkConfig(
-        task=task, speedup=s["speedup"], runtime=s["runtime"], batch_size=s["batch_size"], bench_rounds=rounds
-    )
-    measured = bench_shrunk(s["model"], runs / cell["name"] / "model", cfg, threads=1)
+    cfg = _config(cell, bench_rounds=rounds)
+    measured = bench_shrunk(cell["settings"]["model"], runs / cell["name"] / "model", cfg, threads=1)
     cell.setdefault("measured_in_run", [cell["measured_speedup"], *cell["measured_range"]])
     cell["measured_speedup"], cell["measured_range"] = measured["speedup"], measured["speedup_range"]
     cell["rebench"] = {"rounds": rounds, "environment": measured["environment"]}
